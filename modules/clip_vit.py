@@ -1,0 +1,176 @@
+"""The CLIP vision transformer, with OpenAI's architecture and parameter names.
+
+One encoder is shared by shop images and video frames (RICE, SPEC §3). For a
+batch of images it returns the projected CLS embedding and, on request, the
+projected features of every token, which the pairwise matching decoder (PMD)
+and patch feature reconstruction (PFR) consume.
+
+Shapes for ViT-B/32 at 224 px: 7×7 patches + CLS = 50 tokens of width 768,
+projected to 512.
+
+Parameter names follow OpenAI's `visual.*` layout exactly (`conv1`,
+`class_embedding`, `positional_embedding`, `ln_pre`, `transformer.resblocks.{i}`,
+`ln_post`, `proj`), so an OpenAI or RICE state dict loads without renaming.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+
+@dataclass(frozen=True)
+class VisionConfig:
+    """Shape of a CLIP vision tower. Everything else follows from these."""
+
+    image_size: int = 224
+    patch_size: int = 32
+    width: int = 768
+    layers: int = 12
+    heads: int = 12
+    embed_dim: int = 512  # output width of `proj`
+
+    @property
+    def grid_size(self) -> int:
+        return self.image_size // self.patch_size
+
+    @property
+    def num_tokens(self) -> int:
+        return self.grid_size**2 + 1
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# Named configurations. "tiny" is for tests and the CPU demo.
+VISION_CONFIGS: dict[str, VisionConfig] = {
+    "ViT-B/32": VisionConfig(),
+    "ViT-B/16": VisionConfig(patch_size=16),
+    "small": VisionConfig(image_size=64, patch_size=8, width=256, layers=4, heads=4, embed_dim=128),
+    "tiny": VisionConfig(image_size=64, patch_size=16, width=128, layers=2, heads=2, embed_dim=64),
+}
+
+
+class QuickGELU(nn.Module):
+    """The GELU approximation OpenAI's CLIP was trained with: x·σ(1.702x)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(1.702 * x)
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention with a fused input projection.
+
+    Parameter names (`in_proj_weight`, `in_proj_bias`, `out_proj`) match
+    `nn.MultiheadAttention`, which is what OpenAI's checkpoints store; the
+    computation goes through `scaled_dot_product_attention` on batch-first
+    tensors, which picks the fused kernel for the device.
+    """
+
+    def __init__(self, width: int, heads: int):
+        super().__init__()
+        if width % heads:
+            raise ValueError(f"width {width} is not divisible by heads {heads}")
+        self.heads = heads
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * width, width))
+        self.in_proj_bias = nn.Parameter(torch.zeros(3 * width))
+        self.out_proj = nn.Linear(width, width)
+        nn.init.xavier_uniform_(self.in_proj_weight)
+        nn.init.zeros_(self.out_proj.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, tokens, width = x.shape
+        qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)
+        # [B, N, 3, H, Dh] -> three tensors of [B, H, N, Dh]
+        q, k, v = qkv.view(batch, tokens, 3, self.heads, width // self.heads).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(q, k, v)
+        out = out.transpose(1, 2).reshape(batch, tokens, width)
+        return self.out_proj(out)
+
+
+class ResidualAttentionBlock(nn.Module):
+    """Pre-LN transformer block: x + attn(ln_1(x)), then x + mlp(ln_2(x))."""
+
+    def __init__(self, width: int, heads: int, layer_norm_eps: float = 1e-5):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(width, eps=layer_norm_eps)
+        self.attn = SelfAttention(width, heads)
+        self.ln_2 = nn.LayerNorm(width, eps=layer_norm_eps)
+        self.mlp = nn.Sequential(
+            OrderedDict(
+                [
+                    ("c_fc", nn.Linear(width, 4 * width)),
+                    ("gelu", QuickGELU()),
+                    ("c_proj", nn.Linear(4 * width, width)),
+                ]
+            )
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x))
+        return x + self.mlp(self.ln_2(x))
+
+
+class Transformer(nn.Module):
+    """A stack of residual blocks, optionally gradient-checkpointed per block."""
+
+    def __init__(self, width: int, layers: int, heads: int):
+        super().__init__()
+        self.resblocks = nn.ModuleList(ResidualAttentionBlock(width, heads) for _ in range(layers))
+        self.grad_checkpointing = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.resblocks:
+            if self.grad_checkpointing and torch.is_grad_enabled():
+                x = checkpoint(block, x, use_reentrant=False)
+            else:
+                x = block(x)
+        return x
+
+
+class VisionTransformer(nn.Module):
+    """CLIP image encoder: patchify, add CLS and positions, transformer, project."""
+
+    def __init__(self, config: VisionConfig):
+        super().__init__()
+        self.config = config
+        width, scale = config.width, config.width**-0.5
+        self.conv1 = nn.Conv2d(3, width, kernel_size=config.patch_size, stride=config.patch_size, bias=False)
+        self.class_embedding = nn.Parameter(scale * torch.randn(width))
+        self.positional_embedding = nn.Parameter(scale * torch.randn(config.num_tokens, width))
+        self.ln_pre = nn.LayerNorm(width)
+        self.transformer = Transformer(width, config.layers, config.heads)
+        self.ln_post = nn.LayerNorm(width)
+        self.proj = nn.Parameter(scale * torch.randn(width, config.embed_dim))
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.transformer.grad_checkpointing = enable
+
+    def forward(
+        self, images: torch.Tensor, return_tokens: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Encode a batch of images.
+
+        Args:
+            images: [B, 3, H, W] normalised pixels, H = W = config.image_size.
+            return_tokens: also return the projected features of all tokens.
+
+        Returns:
+            embeddings: [B, embed_dim], `ln_post(CLS) @ proj`, not normalised.
+            tokens: [B, num_tokens, embed_dim] (`ln_post` then `@ proj` on every
+                token, CLS first) when `return_tokens`, else None.
+        """
+        x = self.conv1(images)  # [B, width, grid, grid]
+        x = x.flatten(2).transpose(1, 2)  # [B, grid*grid, width]
+        cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
+        x = torch.cat([cls, x], dim=1) + self.positional_embedding.to(x.dtype)
+        x = self.transformer(self.ln_pre(x))
+        if return_tokens:
+            tokens = self.ln_post(x) @ self.proj
+            return tokens[:, 0], tokens
+        return self.ln_post(x[:, 0]) @ self.proj, None
