@@ -197,6 +197,13 @@ class ReconstructionWeights(nn.Module):
             nn.Conv2d(heads // 2, 1, kernel_size=1),
             nn.ReLU(),
         )
+        # Start alive: with a negative output the final ReLU would cut every
+        # gradient and PFR would never train. Zero biases and a non-negative
+        # output conv make W >= 0 and non-zero for non-negative attention.
+        with torch.no_grad():
+            for conv in (self.conv[0], self.conv[2]):
+                conv.bias.zero_()
+            self.conv[2].weight.abs_()
 
     def forward(self, attention: torch.Tensor) -> torch.Tensor:
         return self.conv(attention).squeeze(1)

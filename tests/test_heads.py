@@ -178,3 +178,12 @@ def test_load_text_init_copies_positions_and_block_zero():
         torch.testing.assert_close(decoder.transformer.resblocks[0].state_dict()[k], v)
     with pytest.raises(ValueError, match="width"):
         load_text_init(decoder, {"positional_embedding": torch.randn(77, 48)})
+
+
+def test_reconstruction_weights_start_alive():
+    for seed in range(5):
+        torch.manual_seed(seed)
+        attention = torch.rand(1, 8, 4, 6).softmax(-1).requires_grad_()
+        weights = ReconstructionWeights(heads=8)(attention)
+        weights.sum().backward()
+        assert weights.min() >= 0 and weights.max() > 0 and attention.grad.abs().sum() > 0
