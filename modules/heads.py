@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from modules.clip_vit import QuickGELU, ResidualAttentionBlock
+from modules.losses import at_least_fp32
 
 PMD_LAYER_NORM_EPS = 1e-12  # every LayerNorm inside the v1 decoder
 PMD_DROPOUT = 0.1
@@ -84,8 +85,8 @@ class CrossAttention(nn.Module):
         q = self.query(x).view(p, n, self.heads, dh).transpose(1, 2)  # [P, H, N, Dh]
         k = self.key(y).view(p, m, self.heads, dh).transpose(1, 2)  # [P, H, M, Dh]
         v = self.value(y).view(p, m, self.heads, dh).transpose(1, 2)  # [P, H, M, Dh]
-        scores = (q @ k.transpose(-1, -2)).float() * dh**-0.5  # [P, H, N, M]
-        scores = scores + (~key_mask).float()[:, None, None, :] * MASKED_SCORE
+        scores = at_least_fp32(q @ k.transpose(-1, -2)) * dh**-0.5  # [P, H, N, M]
+        scores = scores + (~key_mask).to(scores.dtype)[:, None, None, :] * MASKED_SCORE
         probs = scores.softmax(dim=-1)
         out = self.dropout(probs).to(v.dtype) @ v  # [P, H, N, Dh]
         return out.transpose(1, 2).reshape(p, n, width), probs
@@ -248,4 +249,5 @@ def load_text_init(decoder: PairwiseMatchingDecoder, text_init: dict[str, torch.
 def pair_scores(pooled: torch.Tensor, similarity_dense: nn.Linear) -> torch.Tensor:
     """Raw PMD scores [P] from pooled features [P, E], computed in fp32 even under autocast."""
     with torch.autocast(device_type=pooled.device.type, enabled=False):
-        return F.linear(pooled.float(), similarity_dense.weight.float(), similarity_dense.bias.float()).squeeze(-1)
+        weight, bias = at_least_fp32(similarity_dense.weight), at_least_fp32(similarity_dense.bias)
+        return F.linear(at_least_fp32(pooled), weight, bias).squeeze(-1)

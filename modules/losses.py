@@ -5,7 +5,7 @@ from all processes (`utils.distributed.all_gather_with_grad`). With equal shard
 sizes and gradients averaged over processes (DDP), this trains exactly the
 single-process loss on the whole (global) batch, and the mean over processes
 of each returned loss equals that loss. Every function here works in fp32
-whatever the autocast state.
+(fp64 inputs stay fp64) whatever the autocast state.
 """
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ import torch
 import torch.nn.functional as F
 
 
-def _fp32(x: torch.Tensor) -> torch.Tensor:
-    return x.float()
+def at_least_fp32(x: torch.Tensor) -> torch.Tensor:
+    """Upcast half-precision tensors to fp32; fp32 and fp64 pass through unchanged."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
 def contrastive_loss(
@@ -40,8 +41,8 @@ def contrastive_loss(
     """
     with torch.autocast(device_type=image_emb.device.type, enabled=False):
         labels = torch.arange(image_emb.shape[0], device=image_emb.device) + offset
-        logits_i2v = logit_scale * _fp32(image_emb) @ _fp32(all_video_emb).T  # [B, G]
-        logits_v2i = logit_scale * _fp32(video_emb) @ _fp32(all_image_emb).T  # [B, G]
+        logits_i2v = logit_scale * at_least_fp32(image_emb) @ at_least_fp32(all_video_emb).T  # [B, G]
+        logits_v2i = logit_scale * at_least_fp32(video_emb) @ at_least_fp32(all_image_emb).T  # [B, G]
         return 0.5 * (F.cross_entropy(logits_i2v, labels) + F.cross_entropy(logits_v2i, labels))
 
 
@@ -62,7 +63,7 @@ def hard_negative_candidates(
     """
     k = min(num_negatives, similarity.shape[1] - 1)
     rows = torch.arange(similarity.shape[0], device=similarity.device)
-    masked = similarity.float().clone()
+    masked = at_least_fp32(similarity).clone()
     masked[rows, positives] = float("-inf")
     negatives = masked.topk(k, dim=1).indices  # [B, k]
     return torch.cat([positives[:, None], negatives], dim=1)
@@ -71,7 +72,7 @@ def hard_negative_candidates(
 def matching_loss(scores: torch.Tensor, logit_scale: float) -> torch.Tensor:
     """PMD loss: softmax cross-entropy over [B, 1 + k] pair scores, target column 0."""
     with torch.autocast(device_type=scores.device.type, enabled=False):
-        logits = logit_scale * _fp32(scores)
+        logits = logit_scale * at_least_fp32(scores)
         target = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
         return F.cross_entropy(logits, target)
 
@@ -93,5 +94,5 @@ def reconstruction_error(
         scalar fp32 sum of squared errors; divide by P·N'·E for the MSE.
     """
     with torch.autocast(device_type=weights.device.type, enabled=False):
-        reconstruction = _fp32(weights) @ _fp32(video_patches.detach())  # [P, N', E]
-        return (reconstruction - _fp32(image_patches.detach())).pow(2).sum()
+        reconstruction = at_least_fp32(weights) @ at_least_fp32(video_patches.detach())  # [P, N', E]
+        return (reconstruction - at_least_fp32(image_patches.detach())).pow(2).sum()

@@ -34,7 +34,7 @@ from torch.utils.checkpoint import checkpoint
 
 from modules.clip_vit import VisionConfig, VisionTransformer
 from modules.heads import PairwiseMatchingDecoder, ReconstructionWeights, drop_cls, load_text_init, pair_scores
-from modules.losses import contrastive_loss, hard_negative_candidates, matching_loss, reconstruction_error
+from modules.losses import at_least_fp32, contrastive_loss, hard_negative_candidates, matching_loss, reconstruction_error
 from utils.distributed import all_gather, all_gather_with_grad, get_rank
 
 if TYPE_CHECKING:  # modules/checkpoint.py is written by the "encoder" stream
@@ -229,7 +229,8 @@ class RICEModel(nn.Module):
         losses = {"icl": icl}
         total = icl
         if self.cross is not None:
-            similarity = image_emb.detach().float() @ all_video_emb.detach().float().T  # [B, G]
+            with torch.autocast(device_type=images.device.type, enabled=False):
+                similarity = at_least_fp32(image_emb.detach()) @ at_least_fp32(all_video_emb.detach()).T  # [B, G]
             positives = torch.arange(b, device=images.device) + offset
             candidates = hard_negative_candidates(similarity, positives, self.config.num_hard_negatives)
             scores, pfr_sum = self._score_candidates(
@@ -257,7 +258,7 @@ class RICEModel(nn.Module):
         video_index = candidates.reshape(-1)  # [B*C]
         positive = torch.arange(b * c, device=candidates.device) % c == 0
         chunk = self.config.pmd_chunk_size
-        scores, pfr_sum = [], image_tokens.new_zeros((), dtype=torch.float32)
+        scores, pfr_sum = [], 0.0
         for start in range(0, b * c, chunk):
             part = slice(start, start + chunk)
             args = (
