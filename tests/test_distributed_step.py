@@ -50,3 +50,13 @@ def test_two_process_step_equals_single_process_step(tmp_path):
         torch.testing.assert_close(result["losses"][k], v.detach(), atol=1e-5, rtol=0, msg=k)
     for k, p in model.named_parameters():
         torch.testing.assert_close(result["grads"][k], p.grad, atol=1e-5, rtol=0, msg=k)
+
+
+def test_helpers_without_process_group_are_identity():
+    from utils import distributed
+
+    x = torch.randn(3, 2, requires_grad=True)
+    assert distributed.get_rank() == 0 and distributed.get_world_size() == 1 and distributed.is_main_process()
+    assert distributed.all_gather_with_grad(x) is x
+    assert torch.equal(distributed.all_gather(x), x)
+    assert torch.equal(distributed.all_reduce_mean(x), x)

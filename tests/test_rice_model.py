@@ -272,3 +272,25 @@ def test_v1_checkpoint_file_loads_with_every_key(tmp_path):
     for k, v in source.state_dict().items():
         stored = v.half().float() if v.dim() >= 2 and "embedding" not in k else v
         assert torch.equal(model.state_dict()[k], stored), k
+
+
+def test_video_without_valid_frames_gets_zero_embedding_and_finite_losses():
+    model = _model()
+    images, frames, mask = _batch()
+    mask[3] = False
+    with torch.no_grad():
+        emb, tokens, token_mask = model.encode_videos(frames, mask, return_tokens=True)
+        losses = model(images, frames, mask)
+    assert emb[3].abs().max() == 0 and tokens[3].abs().max() == 0 and not token_mask[3].any()
+    assert all(torch.isfinite(v) for v in losses.values())
+
+
+def test_bad_inputs_are_reported():
+    model = _model()
+    images, frames, mask = _batch()
+    with pytest.raises(ValueError, match="frame_mask must be a bool"):
+        model(images, frames, mask.long())
+    with pytest.raises(ValueError, match=r"images must be \[B, 3, 64, 64\]"):
+        model.encode_images(images[:, :, :32])
+    with pytest.raises(ValueError, match="pairs must align"):
+        model(images[:3], frames, mask)
