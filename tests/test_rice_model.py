@@ -294,3 +294,9 @@ def test_bad_inputs_are_reported():
         model.encode_images(images[:, :, :32])
     with pytest.raises(ValueError, match="pairs must align"):
         model(images[:3], frames, mask)
+
+
+def test_v2_checkpoint_selects_v2_video_pooling():
+    source = _model(sim_header="mean_pooling", recons_feat=False, video_pooling="v2")
+    loaded = RICEModel.from_checkpoint(_fake_loaded(source, fmt="rice_v2"))
+    assert loaded.config.video_pooling == "v2" and loaded.config.sim_header == "mean_pooling"
