@@ -213,13 +213,15 @@ class RICEModel(nn.Module):
         _check_frames(frames, frame_mask, size)
         if frames.shape[0] != images.shape[0]:
             raise ValueError(f"{images.shape[0]} images but {frames.shape[0]} videos; pairs must align")
-        b, tokens = images.shape[0], self.cross is not None
+        b, want_tokens = images.shape[0], self.cross is not None
 
-        # One encoder pass over the images and the valid frames.
-        emb, tok = self.visual(torch.cat([images, frames[frame_mask]]), tokens)
+        # One encoder pass over the images and the valid frames (padded frames are never encoded).
+        emb, tok = self.visual(torch.cat([images, frames[frame_mask]]), want_tokens)
         image_emb = nn.functional.normalize(emb[:b], dim=-1)
-        image_tokens = tok[:b] if tokens else None
-        video_emb, video_tokens, token_mask = self._video_outputs(emb[b:], tok[b:] if tokens else None, frame_mask)
+        image_tokens = tok[:b] if want_tokens else None
+        video_emb, video_tokens, token_mask = self._video_outputs(
+            emb[b:], tok[b:] if want_tokens else None, frame_mask
+        )
 
         offset = get_rank() * b  # global index of the first local pair
         all_video_emb = all_gather_with_grad(video_emb)
