@@ -23,8 +23,11 @@ def build_pair(config: VisionConfig, seed: int = 0):
 
 @pytest.mark.parametrize(
     "config, batch",
-    [(VISION_CONFIGS["tiny"], 3), (VisionConfig(image_size=48, patch_size=8, width=64, layers=3, embed_dim=32, heads=1), 2),
-     (VISION_CONFIGS["ViT-B/32"], 2)],
+    [
+        (VISION_CONFIGS["tiny"], 3),
+        (VisionConfig(image_size=48, patch_size=8, width=64, layers=3, heads=1, embed_dim=32), 2),
+        (VISION_CONFIGS["ViT-B/32"], 2),
+    ],
     ids=["tiny", "odd-shape", "ViT-B/32"],
 )
 def test_matches_open_clip(config, batch):
