@@ -106,8 +106,8 @@ def main(argv: list[str] | None = None) -> dict:
             speed = {name: batch / statistics.median(t) for name, t in times.items()}
             results[(mode, precision)] = speed
             print(
-                f"{mode:9s} {precision:4s} batch {batch:3d}: ours {speed['ours']:8.1f} img/s, "
-                f"timm {speed['timm']:8.1f} img/s, ratio {speed['ours'] / speed['timm']:.2f}",
+                f"{mode:9s} {precision:4s} batch {batch:3d}: ours {speed['ours']:8.2f} img/s, "
+                f"timm {speed['timm']:8.2f} img/s, ratio {speed['ours'] / speed['timm']:.2f}",
                 flush=True,
             )
     return results

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
+import open_clip  # test-only dependency (requirements-dev.txt)
 import pytest
 import torch
 
 from modules.clip_vit import VISION_CONFIGS, QuickGELU, VisionConfig, VisionTransformer
 from tests.clip_state_dicts import openai_state_dict
-
-open_clip = pytest.importorskip("open_clip")
 
 
 def build_pair(config: VisionConfig, seed: int = 0):
@@ -21,7 +20,6 @@ def build_pair(config: VisionConfig, seed: int = 0):
     visual = {k.removeprefix("visual."): v for k, v in state.items() if k.startswith("visual.")}
     ours.load_state_dict(visual, strict=True, assign=True)
     return reference, ours
-
 
 @pytest.mark.parametrize(
     "config, batch",
@@ -47,7 +45,6 @@ def test_matches_open_clip(config, batch):
     torch.testing.assert_close(tokens[:, 0], emb)
     torch.testing.assert_close(tokens[:, 1:], ref_patch_tokens @ reference.visual.proj, atol=1e-5, rtol=0)
 
-
 @pytest.mark.parametrize("requires_grad", [False, True], ids=["inference-path", "autograd-path"])
 def test_quick_gelu_formula(requires_grad):
     x = torch.linspace(-6, 6, 101, dtype=torch.float64, requires_grad=requires_grad)
@@ -58,7 +55,6 @@ def test_quick_gelu_formula(requires_grad):
         y.sum().backward()
         s = torch.sigmoid(1.702 * x.detach())
         torch.testing.assert_close(x.grad, s + 1.702 * x.detach() * s * (1 - s))
-
 
 def test_grad_checkpointing_gives_the_same_gradients():
     torch.manual_seed(0)
@@ -78,7 +74,6 @@ def test_grad_checkpointing_gives_the_same_gradients():
     for name in plain:
         torch.testing.assert_close(checkpointed[name], plain[name], atol=1e-6, rtol=1e-5, msg=name)
 
-
 def test_bf16_autocast_on_cpu_forward_and_backward():
     torch.manual_seed(0)
     model = VisionTransformer(VISION_CONFIGS["tiny"])
@@ -93,7 +88,6 @@ def test_bf16_autocast_on_cpu_forward_and_backward():
     assert (emb.float() - reference).norm() / reference.norm() < 0.05
     emb.float().square().sum().backward()
     assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in model.parameters())
-
 
 def test_rejects_images_of_the_wrong_size():
     model = VisionTransformer(VISION_CONFIGS["tiny"])
