@@ -85,6 +85,12 @@ def _write_lpr(root: Path, rng, cfg: SyntheticConfig):
         shop = _make_shop(rng, cfg)
         image_ids = [_uuid(rng) for _ in shop]
         t_ms = int(rng.integers(0, 600_000))
+        # In each test shop the first product is listed twice (a second image id, its own
+        # shot): its queries have two ground-truth images, as some LPR4M queries do.
+        duplicate_id = _uuid(rng) if split == "test" else None
+        if duplicate_id:
+            _save(shop_image(shop[0], size, rng), root / "gallery" / live_id / f"{duplicate_id}-0.jpg")
+            gallery_lines.append(f"{live_id}/{duplicate_id}-0.jpg")
         for pi, product in enumerate(shop):
             others = shop[:pi] + shop[pi + 1:]
             if split == "test":
@@ -107,8 +113,9 @@ def _write_lpr(root: Path, rng, cfg: SyntheticConfig):
                     rel.append(frame_rel if split == "test" else f"{folder}/{frame_rel}")
                     boxes.append(box)
                 if split == "test":
-                    queries[clip_id] = {"frames": rel, "gt": [image_ids[pi]]}
-                    gts[clip_id] = [image_ids[pi]]
+                    gt = [image_ids[pi]] + ([duplicate_id] if pi == 0 else [])
+                    queries[clip_id] = {"frames": rel, "gt": gt}
+                    gts[clip_id] = gt
                 else:
                     cat = product.category
                     rows[split].append("\t".join([
