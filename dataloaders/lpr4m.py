@@ -161,12 +161,10 @@ def load_lpr4m_test(data_root, query_file=None, gallery_file=None, gt_file=None,
     qpath = _resolve_file(data_root, query_file, "query_tenframes*.json", "test query")
     gpath = _resolve_file(data_root, gallery_file, "gallery_main*.txt", "gallery")
     raw = _read_json(qpath)
-    gt_map = None
-    try:
+    gt_map = None   # the gt file wins over the "gt" field when it exists
+    gt_files = [p for d in ("annotations", ".") for p in (Path(data_root) / d).glob("test_videoid_to_gtimage*.json")]
+    if gt_file is not None or gt_files:
         gt_map = _read_json(_resolve_file(data_root, gt_file, "test_videoid_to_gtimage*.json", "ground truth"))
-    except DataError:
-        if gt_file is not None:
-            raise
     queries = []
     for clip_id, entry in raw.items():
         if not isinstance(entry, dict) or not isinstance(entry.get("frames"), list):
