@@ -110,8 +110,9 @@ def _frames_index(root: Path) -> dict:
 def load_movingfashion_train(root) -> list[TrainPair]:
     """One pair per training video: (its 1-fps frames, the product's shop image)."""
     root = Path(root).resolve()
+    data = _read_split(root, "train.json")
     frames, pairs, no_frames = _frames_index(root), [], 0
-    for key, entry in _read_split(root, "train.json").items():
+    for key, entry in data.items():
         for video in entry["video_paths"]:
             paths = [str(root / p) for p in frames.get(video, [])]
             if not paths:
@@ -132,8 +133,8 @@ def load_movingfashion_test(root) -> RetrievalSplit:
     (the first key), so a duplicated image cannot take several top-k slots.
     """
     root = Path(root).resolve()
-    frames = _frames_index(root)
     data = _read_split(root, "test.json")
+    frames = _frames_index(root)
     id_of_image: dict[str, str] = {}
     gallery, queries = [], []
     for key, entry in data.items():
