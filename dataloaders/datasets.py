@@ -40,6 +40,12 @@ def _read(path: str, transform: ImageTransform, rng, skipped: list[str]):
         return None
 
 
+def _check_deterministic(transform: ImageTransform) -> None:
+    if transform.train and transform.style == "v2":
+        raise ValueError("evaluation datasets need a deterministic transform: "
+                         "use build_transform(style, train=False, image_size)")
+
+
 def _frame_shape(transform: ImageTransform) -> tuple[int, int, int]:
     return (3, transform.image_size, transform.image_size)
 
@@ -100,6 +106,7 @@ class ClipDataset(Dataset):
     "skipped": list[str]}. Deterministic (eval frame rule, eval transform)."""
 
     def __init__(self, queries: list[Query], transform: ImageTransform, max_frames: int = 10):
+        _check_deterministic(transform)
         self.queries, self.transform, self.max_frames = queries, transform, max_frames
 
     def __len__(self):
@@ -119,6 +126,7 @@ class ImageDataset(Dataset):
     An unreadable image gives zeros and ok=False."""
 
     def __init__(self, gallery: list[GalleryImage], transform: ImageTransform):
+        _check_deterministic(transform)
         self.gallery, self.transform = gallery, transform
 
     def __len__(self):

@@ -26,14 +26,15 @@ from .synthetic_draw import (CATEGORIES, background, random_product, random_shot
 
 @dataclass
 class SyntheticConfig:
-    num_train_lives: int = 8
+    num_train_lives: int = 32
     num_val_lives: int = 2
     num_test_lives: int = 3
     products_per_shop: int = 12
     categories_per_shop: int = 3
-    clips_per_product: int = 2          # training clips per product (val and test: 1)
+    clips_per_product: int = 1          # training clips per product (val: 1)
+    test_clips_per_product: int = 2
     min_frames: int = 3
-    max_frames: int = 12                # training clips; test queries keep at most 10
+    max_frames: int = 10                # frames per clip (test queries keep at most 10)
     image_size: int = 96                # frames and shop images are image_size x image_size
     mf_train_products: int = 24
     mf_test_products: int = 12
@@ -66,9 +67,9 @@ def _clip_frames(rng, product, companions, n, size, hue):
     """n frames of one clip: one scene, the product moving a little between frames."""
     bg = background(rng, size, hue)
     shot = random_shot(rng, len(companions))
-    frames = []
+    frames, cache = [], {}
     for _ in range(n):
-        frames.append(render_frame(product, shot, bg, companions))
+        frames.append(render_frame(product, shot, bg, companions, cache))
         shot = jitter(shot, rng)
     return frames
 
@@ -99,9 +100,10 @@ def _write_lpr(root: Path, rng, cfg: SyntheticConfig):
                 gallery_lines.append(f"{live_id}/{image_ids[pi]}-0.jpg")
             else:
                 _save(shop_image(product, size, rng), root / "training_image" / f"{image_ids[pi]}.jpg")
-            for _ in range(cfg.clips_per_product if split == "train" else 1):
+            n_clips = {"train": cfg.clips_per_product, "val": 1, "test": cfg.test_clips_per_product}[split]
+            for _ in range(n_clips):
                 hi = min(cfg.max_frames, 10) if split == "test" else cfg.max_frames
-                n = int(rng.integers(cfg.min_frames, hi + 1))
+                n = int(rng.integers(min(cfg.min_frames, hi), hi + 1))
                 clip_id = f"{live_id}-{t_ms}-{t_ms + 1000 * n}"
                 t_ms += 1000 * n + int(rng.integers(1000, 30_000))
                 frames = _clip_frames(rng, product, others, n, size, hue)

@@ -11,7 +11,7 @@ import colorsys
 from dataclasses import dataclass, field
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageEnhance
+from PIL import Image, ImageDraw
 
 CATEGORIES = ["tshirt", "handbag", "bottle", "sneaker", "hat", "phone_case"]
 
@@ -113,12 +113,12 @@ def shop_image(product: Product, size: int, rng: np.random.Generator) -> Image.I
 
 def background(rng: np.random.Generator, size: int, hue: float) -> Image.Image:
     """A cluttered room: a base colour near `hue` plus random shapes."""
-    img = Image.new("RGB", (size, size), _hsv(hue, rng.uniform(0.1, 0.5), rng.uniform(0.3, 0.9)))
+    img = Image.new("RGB", (size, size), _hsv(hue, rng.uniform(0.0, 0.3), rng.uniform(0.3, 0.9)))
     d = ImageDraw.Draw(img)
-    for _ in range(int(rng.integers(6, 14))):
+    for _ in range(int(rng.integers(4, 10))):
         x0, y0 = rng.uniform(-0.2, 1.0, 2) * size
-        w, h = rng.uniform(0.05, 0.5, 2) * size
-        colour = _hsv(rng.random(), rng.uniform(0, 0.8), rng.uniform(0.1, 1))
+        w, h = rng.uniform(0.05, 0.4, 2) * size
+        colour = _hsv(rng.random(), rng.uniform(0, 0.35), rng.uniform(0.1, 1))
         [d.rectangle, d.ellipse][int(rng.integers(0, 2))]([x0, y0, x0 + w, y0 + h], fill=colour)
     return img
 
@@ -137,15 +137,15 @@ class Shot:
 
 def random_shot(rng: np.random.Generator, n_companions: int) -> Shot:
     occ = None
-    if rng.random() < 0.4:
+    if rng.random() < 0.3:
         x0, y0 = rng.uniform(0.2, 0.7, 2)
-        occ = (x0, y0, x0 + rng.uniform(0.15, 0.35), y0 + rng.uniform(0.15, 0.35),
+        occ = (x0, y0, x0 + rng.uniform(0.1, 0.3), y0 + rng.uniform(0.1, 0.3),
                _hsv(rng.random(), 0.3, rng.uniform(0.3, 0.9)))
     comp = None
-    if n_companions and rng.random() < 0.3:
+    if n_companions and rng.random() < 0.25:
         comp = (int(rng.integers(0, n_companions)), float(rng.uniform(0.15, 0.85)),
                 float(rng.uniform(0.15, 0.85)), float(rng.uniform(0.25, 0.4)))
-    return Shot(float(rng.uniform(0.35, 0.65)), float(rng.uniform(0.35, 0.65)), float(rng.uniform(0.45, 0.85)),
+    return Shot(float(rng.uniform(0.35, 0.65)), float(rng.uniform(0.35, 0.65)), float(rng.uniform(0.5, 0.9)),
                 float(rng.uniform(-30, 30)), tuple(rng.uniform(0.7, 1.3, 3)), occ, comp)
 
 
@@ -156,26 +156,33 @@ def jitter(shot: Shot, rng: np.random.Generator) -> Shot:
                 shot.light, shot.occlusion, shot.companion)
 
 
-def _paste(canvas: Image.Image, product: Product, cx, cy, scale, angle) -> list[int]:
+def _paste(canvas: Image.Image, product: Product, cx, cy, scale, angle, cache: dict) -> list[int]:
     size = canvas.size[0]
     s = max(8, int(size * scale))
-    sprite = render_product(product, s).rotate(angle, resample=Image.BILINEAR, expand=True)
+    if id(product) not in cache:   # draw once per clip at full frame size, then only resize
+        cache[id(product)] = render_product(product, size)
+    sprite = cache[id(product)].resize((s, s), Image.BILINEAR).rotate(angle, resample=Image.BILINEAR, expand=True)
     x, y = int(cx * size - sprite.size[0] / 2), int(cy * size - sprite.size[1] / 2)
     canvas.paste(sprite, (x, y), sprite)
     return [max(0, x), max(0, y), min(size, x + sprite.size[0]), min(size, y + sprite.size[1])]
 
 
-def render_frame(product: Product, shot: Shot, bg: Image.Image, companions: list[Product]) -> tuple[Image.Image, list[int]]:
-    """One video frame and the product's box [x1, y1, x2, y2] in pixels."""
+def render_frame(product: Product, shot: Shot, bg: Image.Image, companions: list[Product],
+                 cache: dict) -> tuple[Image.Image, list[int]]:
+    """One video frame and the product's box [x1, y1, x2, y2] in pixels.
+
+    `cache` keeps the drawn sprites of one clip (pass the same dict for all its frames).
+    """
     img = bg.copy()
     if shot.companion is not None:
         idx, cx, cy, sc = shot.companion
-        _paste(img, companions[idx], cx, cy, sc, 0.0)
-    box = _paste(img, product, shot.cx, shot.cy, shot.scale, shot.angle)
+        _paste(img, companions[idx], cx, cy, sc, 0.0, cache)
+    box = _paste(img, product, shot.cx, shot.cy, shot.scale, shot.angle, cache)
     if shot.occlusion is not None:
         size = img.size[0]
         x0, y0, x1, y1, rgb = shot.occlusion
         ImageDraw.Draw(img).ellipse([x0 * size, y0 * size, x1 * size, y1 * size], fill=rgb)
-    arr = np.asarray(img, dtype=np.float32) * np.asarray(shot.light, dtype=np.float32)
-    img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
-    return ImageEnhance.Contrast(img).enhance(0.8 + 0.4 * shot.light[0] / 1.3), box
+    arr = np.asarray(img, dtype=np.float32) * np.asarray(shot.light, dtype=np.float32)  # colour cast
+    contrast = 0.8 + 0.4 * shot.light[0] / 1.3
+    arr = (arr - arr.mean()) * contrast + arr.mean()
+    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)), box

@@ -104,6 +104,8 @@ def test_eval_datasets_mark_missing_inputs(lpr, t64, tmp_path):
     batch = collate_images([images[0], images[1]])
     assert batch["ok"].tolist() == [True, False] and batch["skipped"] == [split.gallery[1].path]
     assert collate_clips([clips[0], clips[1]])["frames"].shape == (2, 10, 3, 32, 32)
+    with pytest.raises(ValueError, match="deterministic transform"):
+        ClipDataset(split.queries, build_transform("v2", train=True, image_size=32))
 
 
 def _batches(ds, workers, seed=None):

@@ -13,7 +13,7 @@ from dataloaders.synthetic import make_synthetic_dataset
 from tools.index_img2dataset import main as index_main
 
 TINY = dict(num_train_lives=2, num_val_lives=1, num_test_lives=2, products_per_shop=4, categories_per_shop=2,
-            clips_per_product=2, min_frames=3, max_frames=12, image_size=32, mf_train_products=1,
+            clips_per_product=2, test_clips_per_product=1, min_frames=3, max_frames=12, image_size=32, mf_train_products=1,
             mf_test_products=1, mf_videos_per_product=1, mf_seconds=(1, 1), mf_fps=2)
 UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 
