@@ -2,8 +2,9 @@
 
     python benchmarks/bench_loader.py [--data_dir DIR] [--image_size 224] [--batch_size 32]
 
-Generates the default synthetic set in a temporary folder unless --data_dir points at one
-(its lpr4m/ is used). Prints one line per worker count; not a test.
+Unless --data_dir points at a make_synthetic_data.py output (its lpr4m/ is used), writes a
+small synthetic set with 10-frame clips at --source_size px (LPR4M files have a shorter side
+of 256) in a temporary folder. Prints one line per worker count; not a test.
 """
 import argparse
 import sys
@@ -37,14 +38,19 @@ def clips_per_second(dataset, workers: int, batch_size: int, batches: int) -> fl
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data_dir", default=None, help="a make_synthetic_data.py output (default: generate one)")
-    p.add_argument("--image_size", type=int, default=224)
+    p.add_argument("--image_size", type=int, default=224, help="model input resolution")
+    p.add_argument("--source_size", type=int, default=256, help="side of the generated files")
     p.add_argument("--style", default="v1", choices=["v1", "v2"])
     p.add_argument("--batch_size", type=int, default=16)
-    p.add_argument("--batches", type=int, default=8)
+    p.add_argument("--batches", type=int, default=5)
     p.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
-        data_dir = args.data_dir or make_synthetic_dataset(tmp)["lpr4m"].rsplit("/", 1)[0]
+        data_dir = args.data_dir or tmp
+        if args.data_dir is None:
+            make_synthetic_dataset(tmp, image_size=args.source_size, num_train_lives=8, num_val_lives=1,
+                                   num_test_lives=1, min_frames=10, max_frames=10,
+                                   mf_train_products=1, mf_test_products=1)
         pairs = load_lpr4m_train(Path(data_dir) / "lpr4m")
         t = build_transform(args.style, train=True, image_size=args.image_size)
         dataset = PairDataset(pairs, t, t, max_frames=10)

@@ -140,7 +140,7 @@ def _split_gallery_entry(entry: str) -> tuple[str, str]:
     group, _, name = entry.rpartition("/")
     stem = name.rsplit(".", 1)[0]
     head, _, k = stem.rpartition("-")
-    image_id = head if k.isdigit() and head else stem
+    image_id = head if head and k.isdigit() and len(k) <= 3 else stem   # a UUID tail is 12 chars
     return group, image_id
 
 

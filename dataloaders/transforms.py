@@ -30,6 +30,20 @@ def load_rgb(path: str, decode_size: int | None = None) -> Image.Image:
         return img.convert("RGB")  # convert() forces the full (possibly reduced) decode
 
 
+_MEAN = np.asarray(CLIP_MEAN, dtype=np.float32)
+_STD = np.asarray(CLIP_STD, dtype=np.float32)
+
+
+def to_normalized_tensor(img: Image.Image) -> torch.Tensor:
+    """RGB PIL image [H,W,3] uint8 -> CLIP-normalised float tensor [3,H,W].
+
+    Done in numpy (same arithmetic as torchvision's to_tensor + normalize): single-threaded,
+    so a loader in the main process does not fight the training step for torch threads.
+    """
+    arr = (np.asarray(img, dtype=np.float32) / 255.0 - _MEAN) / _STD
+    return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
+
+
 class ImageTransform:
     """PIL image -> normalised float tensor [3, S, S]. See the module docstring for the styles."""
 
@@ -55,7 +69,7 @@ class ImageTransform:
                 img = TF.hflip(img)
         else:
             img = TF.center_crop(img, [s, s])
-        return TF.normalize(TF.to_tensor(img), CLIP_MEAN, CLIP_STD)
+        return to_normalized_tensor(img)
 
     def __repr__(self):
         return f"ImageTransform(style={self.style!r}, train={self.train}, image_size={self.image_size})"
