@@ -168,3 +168,20 @@ def test_original_layout_through_an_img2dataset_index(lpr, tmp_path):
     del index[Path(release_test.queries[0].frame_paths[0]).stem]
     test = load_lpr4m_test(ann, index=index)
     assert test.gallery[0].path == "" and len(test.queries[0].frame_paths) == len(release_test.queries[0].frame_paths) - 1
+
+
+def test_gallery_entry_parsing_and_bad_query_entries(lpr, tmp_path):
+    from dataloaders.lpr4m import _split_gallery_entry
+    uid = "8f3c1a2b-0d4e-4f6a-9b7c-123456789012"
+    assert _split_gallery_entry(f"live/{uid}-0.jpg") == ("live", uid)
+    assert _split_gallery_entry(f"live/{uid}.jpg") == ("live", uid)      # no -k suffix: keep the whole UUID
+    root, _ = _annotations_copy(lpr, tmp_path)
+    q = root / "annotations" / "query_tenframes.json"
+    data = json.loads(q.read_text())
+    data[next(iter(data))] = ["frame.jpg"]
+    q.write_text(json.dumps(data))
+    with pytest.raises(DataError, match=r"query_tenframes\.json: entry '.*' must be an object with a 'frames' list"):
+        load_lpr4m_test(root)
+    q.write_text("{not json")
+    with pytest.raises(DataError, match=r"query_tenframes\.json: not valid JSON"):
+        load_lpr4m_test(root)
