@@ -182,6 +182,11 @@ def test_gallery_entry_parsing_and_bad_query_entries(lpr, tmp_path):
     q.write_text(json.dumps(data))
     with pytest.raises(DataError, match=r"query_tenframes\.json: entry '.*' must be an object with a 'frames' list"):
         load_lpr4m_test(root)
+    (root / "annotations" / "query_tenframes.json").write_text((lpr / "annotations" / "query_tenframes.json").read_text())
+    g = root / "annotations" / "gallery_main.txt"
+    g.write_text(g.read_text().splitlines()[0] + "\nno_folder-0.jpg\n")
+    with pytest.raises(DataError, match=r"gallery_main\.txt:2: expected 'live_id/<image_id>-0\.jpg', got 'no_folder-0\.jpg'"):
+        load_lpr4m_test(root)
     q.write_text("{not json")
     with pytest.raises(DataError, match=r"query_tenframes\.json: not valid JSON"):
         load_lpr4m_test(root)

@@ -51,6 +51,9 @@ def test_options_set_the_sizes(made):
     assert Image.open(train[0].frame_paths[0]).size == (40, 40) == Image.open(test.gallery[0].path).size
     assert len(load_movingfashion_train(mf)) == 4 and len(load_movingfashion_test(mf).queries) == 3
     assert all(len(p.frame_paths) == 2 for p in load_movingfashion_train(mf))   # 2 s at 1 fps
+    import av
+    with av.open(str(next((mf / "videos").glob("*.mp4")))) as video:
+        assert sum(1 for _ in video.decode(video=0)) == 2 * 2                    # 2 s at --mf_fps 2
 
 
 def test_ids_follow_the_lpr4m_formats(made):
