@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from dataloaders import DataError, load_lpr4m_test, load_lpr4m_train
-from dataloaders.img2dataset_index import build_img2dataset_index, id_from_url, load_img2dataset_index
+from dataloaders.img2dataset_index import id_from_url, load_img2dataset_index
 from dataloaders.synthetic import make_synthetic_dataset
 from tools.index_img2dataset import main as index_main
 
