@@ -89,6 +89,32 @@ def chance_recall(split, ks=KS) -> dict[str, float]:
     return {f"R{k}": 100.0 * totals[k] / max(len(split.queries), 1) for k in ks}
 
 
+def plot_runs(logs: dict[str, Path], output: Path) -> Path:
+    """Training loss of every row against the step, one PNG (total solid, ICL dashed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from utils.logging import read_log
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for color, (name, path) in zip(("C0", "C1", "C2"), logs.items()):
+        records = [r for r in read_log(path) if "loss" in r]
+        steps = [r["step"] for r in records]
+        ax.plot(steps, [r["loss"] for r in records], color=color, label=f"{name}: total loss")
+        ax.plot(steps, [r["icl"] for r in records], color=color, linestyle="--", label=f"{name}: ICL")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("training loss")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(output, dpi=100)
+    plt.close(fig)
+    return output
+
+
 def format_table(results: dict[str, dict], chance: dict[str, float]) -> str:
     head = "| model | " + " | ".join(f"R{k}" for k in KS) + " |"
     lines = [head, "|" + "---|" * (len(KS) + 1)]
@@ -106,7 +132,6 @@ def main(argv: list[str] | None = None) -> dict:
     import lpr4m_train
     from dataloaders import load_lpr4m_test
     from dataloaders.synthetic import make_synthetic_dataset
-    from tools.plot_logs import plot_runs
 
     out = Path(args.output_dir)
     start = time.time()
