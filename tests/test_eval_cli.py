@@ -8,6 +8,8 @@ from the frames, PMD scores recomputed with the model.
 """
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -268,3 +270,39 @@ def test_torchrun_two_processes_match_one(data, ckpts, tmp_path):
     fa, fb = (np.load(tmp_path / d / "features.npz") for d in ("one", "two"))
     np.testing.assert_allclose(fa["query_features"], fb["query_features"], atol=1e-5)
     np.testing.assert_allclose(fa["gallery_features"], fb["gallery_features"], atol=1e-5)
+
+
+def test_missing_frames_and_images_count_as_misses(data, ckpts, tmp_path):
+    root = tmp_path / "lpr4m"
+    shutil.copytree(data["lpr4m"], root, ignore=shutil.ignore_patterns("training_*"))
+    split = load_lpr4m_test(root)
+    lost_query = split.queries[0]
+    for path in lost_query.frame_paths:
+        Path(path).unlink()
+    lost_image = next(g for g in split.gallery if g.image_id not in split.queries[1].gt)
+    Path(lost_image.path).unlink()
+    metrics = lpr4m_embedding_eval.main(["--data_root", str(root), "--ckpt_path", ckpts["ours.pt"], "--output_dir",
+                                         str(tmp_path / "out"), "--num_workers", "0", "--no_progress"])
+    assert metrics["num_queries"] == len(split.queries)  # still in the denominator
+    assert metrics["num_missing_queries"] == 1 and metrics["num_missing_gallery_images"] == 1
+    rankings = read_rankings(tmp_path / "out")
+    assert rankings[0]["missing"] and rankings[0]["ranking"] == []
+    assert all(e["image_id"] != lost_image.image_id for r in rankings for e in r["ranking"])
+    assert metrics["R10"] == pytest.approx(recall_from_rankings(rankings, 10), abs=1e-3)
+
+
+def test_recipe_scripts_match_the_seed_rows(data, ckpts, tmp_path):
+    """scripts/eval_*.sh carry the README flags; one of them is run for real."""
+    rows = {"icl": "v1_icl.bin", "icl_pmd": "v1_pmd.bin", "icl_pmd_pfr": "v1_pmd_pfr.bin"}
+    for dataset in ("lpr4m", "movingfashion"):
+        for row, ckpt_name in rows.items():
+            text = (ROOT / "scripts" / f"eval_{dataset}_{row}.sh").read_text()
+            seed_flags = " ".join(SEED_ROWS[ckpt_name][2:])  # without --n_gpu 2
+            assert seed_flags in " ".join(text.replace("\\\n", " ").split())
+    env = {**os.environ, "PYTHON": sys.executable, "OUTPUT_DIR": str(tmp_path), "N_GPU": "1"}
+    script = ROOT / "scripts" / "eval_movingfashion_icl_pmd_pfr.sh"
+    done = subprocess.run(["bash", str(script), data["movingfashion"], ckpts["v1_pmd_pfr.bin"], "--num_workers", "0",
+                           "--no_progress"], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["dataset"] == "movingfashion" and metrics["flags"]["recons_feat"] is True
