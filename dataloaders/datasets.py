@@ -1,0 +1,199 @@
+"""Torch datasets for training pairs, evaluation clips and gallery images.
+
+Bad files never crash a run and never cause endless retries:
+  * an unreadable frame is dropped (the clip keeps its other frames);
+  * a training sample whose image or all of whose frames are unreadable is replaced by a
+    deterministic other sample (index+1, index+2, ... at most `max_replacements` tries,
+    then a RuntimeError that names the paths);
+  * an evaluation clip with no readable frame comes back with frame_mask all False, an
+    unreadable gallery image with ok=False; the evaluator counts them as misses.
+
+How skips are reported: DataLoader workers are separate processes, so every item carries
+the paths it failed to read in item["skipped"] (a list of str) and, for training,
+item["replaced"] (0 or 1). The collate functions here concatenate those lists, and the
+trainer feeds every batch to a `SkipReport`, which logs counts and a few example paths once
+per epoch.
+
+Training randomness (frame tail drop, v2 crop/flip) comes from a numpy Generator seeded by
+(seed, epoch, index): batches are identical across runs and across worker counts. Call
+`set_epoch(epoch)` before building each epoch's iterator (non-persistent workers).
+"""
+import logging
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .records import GalleryImage, Query, TrainPair
+from .sampling import eval_frame_indices, pad_frames, train_frame_indices
+from .transforms import ImageTransform, load_rgb
+
+logger = logging.getLogger(__name__)
+
+
+def _read(path: str, transform: ImageTransform, rng, skipped: list[str]):
+    """Decode and transform one file; on failure record the path and return None."""
+    try:
+        return transform(load_rgb(path, transform.decode_size), rng)
+    except (OSError, ValueError, SyntaxError):  # missing, truncated or not an image
+        skipped.append(path)
+        return None
+
+
+def _check_deterministic(transform: ImageTransform) -> None:
+    if transform.train and transform.style == "v2":
+        raise ValueError("evaluation datasets need a deterministic transform: "
+                         "use build_transform(style, train=False, image_size)")
+
+
+def _frame_shape(transform: ImageTransform) -> tuple[int, int, int]:
+    return (3, transform.image_size, transform.image_size)
+
+
+class PairDataset(Dataset):
+    """Training pairs -> {"image": [3,H,W], "frames": [T,3,H,W], "frame_mask": bool [T],
+    "index": int (the sample actually used), "skipped": list[str], "replaced": int}."""
+
+    def __init__(self, pairs: list[TrainPair], image_transform: ImageTransform,
+                 frame_transform: ImageTransform, max_frames: int = 10, train: bool = True,
+                 seed: int = 42, max_replacements: int = 10):
+        if not pairs:
+            raise ValueError("PairDataset got no training pairs")
+        self.pairs, self.image_transform, self.frame_transform = pairs, image_transform, frame_transform
+        self.max_frames, self.train, self.seed = max_frames, train, seed
+        self.max_replacements = max_replacements
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self):
+        return len(self.pairs)
+
+    def _load(self, index: int, skipped: list[str]):
+        pair = self.pairs[index]
+        rng = np.random.default_rng((self.seed, self.epoch, index))
+        n = len(pair.frame_paths)
+        if self.train:
+            chosen = train_frame_indices(n, self.max_frames, rng)
+        else:
+            chosen = eval_frame_indices(n, self.max_frames)
+        image = _read(pair.image_path, self.image_transform, rng, skipped)
+        if image is None:
+            return None
+        frames = [f for i in chosen
+                  if (f := _read(pair.frame_paths[i], self.frame_transform, rng, skipped)) is not None]
+        if not frames:
+            return None
+        frames, mask = pad_frames(frames, self.max_frames, _frame_shape(self.frame_transform))
+        return {"image": image, "frames": frames, "frame_mask": mask, "index": index}
+
+    def __getitem__(self, index: int) -> dict:
+        skipped: list[str] = []
+        for attempt in range(self.max_replacements + 1):
+            candidate = (index + attempt) % len(self.pairs)
+            item = self._load(candidate, skipped)
+            if item is not None:
+                item["skipped"], item["replaced"] = skipped, int(attempt > 0)
+                return item
+        raise RuntimeError(
+            f"sample {index} and the {self.max_replacements} samples after it are all unreadable "
+            f"(first failed paths: {skipped[:5]}); check that data_root points at the data")
+
+
+class ClipDataset(Dataset):
+    """Evaluation queries -> {"frames": [T,3,H,W], "frame_mask": bool [T], "index": int,
+    "skipped": list[str]}. Deterministic (eval frame rule, eval transform)."""
+
+    def __init__(self, queries: list[Query], transform: ImageTransform, max_frames: int = 10):
+        _check_deterministic(transform)
+        self.queries, self.transform, self.max_frames = queries, transform, max_frames
+
+    def __len__(self):
+        return len(self.queries)
+
+    def __getitem__(self, index: int) -> dict:
+        paths = self.queries[index].frame_paths
+        skipped: list[str] = []
+        frames = [f for i in eval_frame_indices(len(paths), self.max_frames)
+                  if (f := _read(paths[i], self.transform, None, skipped)) is not None]
+        frames, mask = pad_frames(frames, self.max_frames, _frame_shape(self.transform))
+        return {"frames": frames, "frame_mask": mask, "index": index, "skipped": skipped}
+
+
+class ImageDataset(Dataset):
+    """Gallery images -> {"image": [3,H,W], "index": int, "ok": bool, "skipped": list[str]}.
+    An unreadable image gives zeros and ok=False."""
+
+    def __init__(self, gallery: list[GalleryImage], transform: ImageTransform):
+        _check_deterministic(transform)
+        self.gallery, self.transform = gallery, transform
+
+    def __len__(self):
+        return len(self.gallery)
+
+    def __getitem__(self, index: int) -> dict:
+        skipped: list[str] = []
+        image = _read(self.gallery[index].path, self.transform, None, skipped)
+        ok = image is not None
+        if not ok:
+            image = torch.zeros(_frame_shape(self.transform))
+        return {"image": image, "index": index, "ok": ok, "skipped": skipped}
+
+
+def collate_samples(items: list[dict]) -> dict:
+    """Stack tensors, turn ints/bools into tensors, concatenate the "skipped" path lists."""
+    batch = {}
+    for key in items[0]:
+        values = [item[key] for item in items]
+        if key == "skipped":
+            batch[key] = [path for paths in values for path in paths]
+        elif isinstance(values[0], torch.Tensor):
+            batch[key] = torch.stack(values)
+        elif isinstance(values[0], bool):
+            batch[key] = torch.tensor(values, dtype=torch.bool)
+        else:
+            batch[key] = torch.tensor(values)
+    return batch
+
+
+# One function serves all three datasets; the names say which loader uses it.
+collate_pairs = collate_clips = collate_images = collate_samples
+
+
+class SkipReport:
+    """Counts unreadable files and replaced samples over an epoch; `log()` reports once.
+
+    Usage in a training loop:
+        report = SkipReport("train")
+        for batch in loader: report.update(batch); ...
+        report.log(epoch)          # one line (or nothing when all files were fine), then resets
+    """
+
+    def __init__(self, name: str, max_examples: int = 5):
+        self.name, self.max_examples = name, max_examples
+        self.reset()
+
+    def reset(self) -> None:
+        self.num_skipped, self.num_replaced, self.examples = 0, 0, []
+
+    def update(self, batch: dict) -> None:
+        paths = batch.get("skipped", [])
+        self.num_skipped += len(paths)
+        room = self.max_examples - len(self.examples)
+        self.examples.extend(p for p in paths[:room] if p not in self.examples)
+        if "replaced" in batch:
+            self.num_replaced += int(torch.as_tensor(batch["replaced"]).sum())
+
+    def summary(self) -> str:
+        return (f"{self.name}: {self.num_skipped} unreadable files skipped, "
+                f"{self.num_replaced} samples replaced; examples: {self.examples}")
+
+    def log(self, epoch: int | None = None, log=logger.warning) -> str | None:
+        """Log the summary if anything was skipped, reset, and return the logged line."""
+        line = None
+        if self.num_skipped or self.num_replaced:
+            line = (f"epoch {epoch} " if epoch is not None else "") + self.summary()
+            log(line)
+        self.reset()
+        return line

@@ -1,0 +1,80 @@
+"""Image decoding and the v1 / v2 preprocessing (SPEC §2 and §4), at the model's resolution.
+
+  v1 (train and eval): resize to exactly S x S, bicubic (aspect ratio NOT kept), centre crop S.
+  v2 eval:  resize to R x R with R = int(S * 256 / 224), bilinear, centre crop S.
+  v2 train: resize to R x R, random crop S, random horizontal flip.
+All end with CLIP mean/std normalisation. Random choices come from a numpy Generator passed
+by the caller, so a sample's augmentation depends only on its seed (not on workers or on the
+global torch RNG).
+"""
+import numpy as np
+import torch
+import torchvision.transforms.functional as TF
+from PIL import Image
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def load_rgb(path: str, decode_size: int | None = None) -> Image.Image:
+    """Decode an image file to RGB with PIL.
+
+    For JPEG files at least twice as large as decode_size on both sides, use draft mode:
+    libjpeg decodes at a reduced scale (1/2, 1/4, 1/8) that still keeps both sides
+    >= decode_size, which is much faster than a full decode followed by a downscale.
+    Raises OSError/ValueError on an unreadable file (callers decide what to skip).
+    """
+    with Image.open(path) as img:
+        if decode_size and img.format == "JPEG" and min(img.size) >= 2 * decode_size:
+            img.draft("RGB", (decode_size, decode_size))
+        return img.convert("RGB")  # convert() forces the full (possibly reduced) decode
+
+
+_MEAN = np.asarray(CLIP_MEAN, dtype=np.float32)
+_STD = np.asarray(CLIP_STD, dtype=np.float32)
+
+
+def to_normalized_tensor(img: Image.Image) -> torch.Tensor:
+    """RGB PIL image [H,W,3] uint8 -> CLIP-normalised float tensor [3,H,W].
+
+    Done in numpy (same arithmetic as torchvision's to_tensor + normalize): single-threaded,
+    so a loader in the main process does not fight the training step for torch threads.
+    """
+    arr = (np.asarray(img, dtype=np.float32) / 255.0 - _MEAN) / _STD
+    return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
+
+
+class ImageTransform:
+    """PIL image -> normalised float tensor [3, S, S]. See the module docstring for the styles."""
+
+    def __init__(self, style: str, train: bool, image_size: int):
+        if style not in ("v1", "v2"):
+            raise ValueError(f"unknown transform style {style!r}; use 'v1' or 'v2'")
+        self.style, self.train, self.image_size = style, train, image_size
+        if style == "v1":
+            self.resize_size, self.interpolation = image_size, TF.InterpolationMode.BICUBIC
+        else:
+            self.resize_size, self.interpolation = int(image_size * 256 / 224), TF.InterpolationMode.BILINEAR
+        self.decode_size = self.resize_size  # smallest side the decoder may reduce to
+
+    def __call__(self, img: Image.Image, rng: np.random.Generator | None = None) -> torch.Tensor:
+        s, r = self.image_size, self.resize_size
+        img = TF.resize(img, [r, r], interpolation=self.interpolation)
+        if self.style == "v2" and self.train:
+            if rng is None:
+                raise ValueError("the v2 train transform needs an rng for its random crop and flip")
+            top, left = int(rng.integers(0, r - s + 1)), int(rng.integers(0, r - s + 1))
+            img = TF.crop(img, top, left, s, s)
+            if rng.random() < 0.5:
+                img = TF.hflip(img)
+        else:
+            img = TF.center_crop(img, [s, s])
+        return to_normalized_tensor(img)
+
+    def __repr__(self):
+        return f"ImageTransform(style={self.style!r}, train={self.train}, image_size={self.image_size})"
+
+
+def build_transform(style: str, train: bool, image_size: int) -> ImageTransform:
+    """The preprocessing of a release: style "v1" or "v2", train or eval, at image_size."""
+    return ImageTransform(style, train, image_size)

@@ -1,0 +1,88 @@
+"""Frame sampling rules, padding and the v1 / v2 transforms against independent oracles."""
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from dataloaders.sampling import eval_frame_indices, pad_frames, train_frame_indices
+from dataloaders.transforms import CLIP_MEAN, CLIP_STD, build_transform, load_rgb
+
+
+def test_eval_rule_differs_from_train_rule_for_12_frames():
+    assert eval_frame_indices(12, 10) == [0, 1, 2, 3, 4, 6, 7, 8, 9, 10]
+    assert eval_frame_indices(25, 10) == [0, 2, 5, 7, 10, 12, 15, 17, 20, 22]
+    assert eval_frame_indices(4, 10) == [0, 1, 2, 3]
+    full = set()
+    for seed in range(200):   # the untouched (no tail drop) draws give the full uniform rule
+        idx = train_frame_indices(12, 10, np.random.default_rng(seed))
+        if len(idx) == 10:
+            full.add(tuple(idx))
+    assert full == {(0, 1, 2, 3, 4, 6, 7, 8, 9, 11)}
+
+
+def test_train_tail_drop_keeps_a_prefix_of_at_least_one_frame():
+    lengths = []
+    for seed in range(400):
+        idx = train_frame_indices(30, 10, np.random.default_rng(seed))
+        base = [int(x) for x in np.floor(np.linspace(0, 29, 10))]
+        assert 1 <= len(idx) <= 10 and idx == base[:len(idx)]
+        lengths.append(len(idx))
+    lengths = np.array(lengths)
+    # p = 0 or no drop keeps 10; otherwise keep 10 - p*10 for p in 0.1..0.9: every length 1..10 occurs
+    assert set(lengths.tolist()) == set(range(1, 11))
+    assert 0.45 < (lengths == 10).mean() < 0.65      # 0.5 (no drop) + 0.5 * 0.1 (p = 0)
+    assert train_frame_indices(1, 10, np.random.default_rng(0)) == [0]
+
+
+def test_pad_frames_mask():
+    frames = [torch.full((3, 4, 4), float(i + 1)) for i in range(3)]
+    out, mask = pad_frames(frames, 5, (3, 4, 4))
+    assert out.shape == (5, 3, 4, 4) and mask.tolist() == [True, True, True, False, False]
+    assert out[2].eq(3).all() and out[3:].eq(0).all()
+
+
+def _oracle(img, resize, resample, crop):
+    img = img.resize((resize, resize), resample)
+    off = (resize - crop) // 2
+    arr = np.asarray(img, dtype=np.float32)[off:off + crop, off:off + crop] / 255.0
+    return torch.from_numpy(((arr - CLIP_MEAN) / CLIP_STD).transpose(2, 0, 1).astype(np.float32))
+
+
+@pytest.fixture
+def photo():
+    rng = np.random.default_rng(0)
+    return Image.fromarray(rng.integers(0, 256, (90, 140, 3), dtype=np.uint8))
+
+
+def test_v1_squashes_to_square_bicubic(photo):
+    out = build_transform("v1", train=False, image_size=64)(photo)
+    assert out.shape == (3, 64, 64)
+    torch.testing.assert_close(out, _oracle(photo, 64, Image.BICUBIC, 64), atol=1e-5, rtol=0)
+    torch.testing.assert_close(build_transform("v1", train=True, image_size=64)(photo), out)
+
+
+def test_v2_eval_resizes_to_73_then_centre_crops_64(photo):
+    t = build_transform("v2", train=False, image_size=64)
+    assert t.resize_size == 73 and build_transform("v2", False, 224).resize_size == 256
+    torch.testing.assert_close(t(photo), _oracle(photo, 73, Image.BILINEAR, 64), atol=1e-5, rtol=0)
+
+
+def test_v2_train_crop_and_flip_follow_the_rng(photo):
+    t = build_transform("v2", train=True, image_size=64)
+    a = t(photo, np.random.default_rng(1))
+    assert torch.equal(a, t(photo, np.random.default_rng(1)))
+    outs = {t(photo, np.random.default_rng(s)).sum().item() for s in range(6)}
+    assert len(outs) > 1
+    with pytest.raises(ValueError, match="rng"):
+        t(photo)
+    with pytest.raises(ValueError, match="style"):
+        build_transform("v3", False, 64)
+
+
+def test_jpeg_draft_mode_decodes_large_files_at_reduced_scale(tmp_path, photo):
+    path = tmp_path / "big.jpg"
+    photo.resize((800, 600)).save(path)
+    assert load_rgb(str(path)).size == (800, 600)
+    small = load_rgb(str(path), decode_size=64)
+    assert small.size == (100, 75)               # 1/8 scale, both sides still >= 64
+    assert load_rgb(str(path), decode_size=400).size == (800, 600)  # not 2x larger: full decode

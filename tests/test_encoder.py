@@ -1,0 +1,95 @@
+"""The CLIP encoder against open_clip, an independent implementation, plus its options."""
+
+from __future__ import annotations
+
+import open_clip  # test-only dependency (requirements-dev.txt)
+import pytest
+import torch
+
+from modules.clip_vit import VISION_CONFIGS, QuickGELU, VisionConfig, VisionTransformer
+from tests.clip_state_dicts import openai_state_dict
+
+
+def build_pair(config: VisionConfig, seed: int = 0):
+    """The same random OpenAI state dict loaded into open_clip's model and into ours."""
+    state = openai_state_dict(config, seed=seed)
+    reference = open_clip.model.build_model_from_openai_state_dict(dict(state), cast_dtype=torch.float32)
+    reference = reference.float().eval()  # it stores matrices in fp16; our values are fp16-exact
+    with torch.device("meta"):  # no random init to pay for: every tensor comes from `state`
+        ours = VisionTransformer(config).eval()
+    visual = {k.removeprefix("visual."): v for k, v in state.items() if k.startswith("visual.")}
+    ours.load_state_dict(visual, strict=True, assign=True)
+    return reference, ours
+
+@pytest.mark.parametrize(
+    "config, batch",
+    [
+        (VISION_CONFIGS["tiny"], 3),
+        (VisionConfig(image_size=48, patch_size=8, width=64, layers=3, heads=1, embed_dim=32), 2),
+        (VISION_CONFIGS["ViT-B/32"], 2),
+    ],
+    ids=["tiny", "odd-shape", "ViT-B/32"],
+)
+def test_matches_open_clip(config, batch):
+    reference, ours = build_pair(config)
+    images = torch.randn(batch, 3, config.image_size, config.image_size, generator=torch.Generator().manual_seed(1))
+    reference.visual.output_tokens = True
+    with torch.no_grad():
+        ref_emb, ref_patch_tokens = reference.visual(images)  # tokens: ln_post output without CLS
+        emb, tokens = ours(images, return_tokens=True)
+        emb_only, no_tokens = ours(images)
+    assert ref_emb.abs().mean() > 0.1  # a meaningful scale for the tolerance below
+    torch.testing.assert_close(emb, ref_emb, atol=1e-5, rtol=0)
+    torch.testing.assert_close(emb_only, ref_emb, atol=1e-5, rtol=0)
+    assert tokens.shape == (batch, config.num_tokens, config.embed_dim) and no_tokens is None
+    torch.testing.assert_close(tokens[:, 0], emb)
+    torch.testing.assert_close(tokens[:, 1:], ref_patch_tokens @ reference.visual.proj, atol=1e-5, rtol=0)
+
+@pytest.mark.parametrize("requires_grad", [False, True], ids=["inference-path", "autograd-path"])
+def test_quick_gelu_formula(requires_grad):
+    x = torch.linspace(-6, 6, 101, dtype=torch.float64, requires_grad=requires_grad)
+    expected = x.detach() / (1 + torch.exp(-1.702 * x.detach()))
+    y = QuickGELU()(x)
+    torch.testing.assert_close(y.detach(), expected)
+    if requires_grad:  # d/dx x·σ(ax) = σ(ax) + a·x·σ(ax)(1 − σ(ax))
+        y.sum().backward()
+        s = torch.sigmoid(1.702 * x.detach())
+        torch.testing.assert_close(x.grad, s + 1.702 * x.detach() * s * (1 - s))
+
+def test_grad_checkpointing_gives_the_same_gradients():
+    torch.manual_seed(0)
+    model = VisionTransformer(VISION_CONFIGS["tiny"])
+    images = torch.randn(2, 3, 64, 64)
+
+    def gradients(enable: bool) -> dict[str, torch.Tensor]:
+        model.zero_grad(set_to_none=True)
+        model.set_grad_checkpointing(enable)
+        emb, tokens = model(images, return_tokens=True)
+        (emb.square().sum() + tokens.sin().sum()).backward()
+        return {name: p.grad.clone() for name, p in model.named_parameters()}
+
+    plain, checkpointed = gradients(False), gradients(True)
+    assert model.transformer.grad_checkpointing
+    assert plain.keys() == checkpointed.keys() and all(g.abs().sum() > 0 for g in plain.values())
+    for name in plain:
+        torch.testing.assert_close(checkpointed[name], plain[name], atol=1e-6, rtol=1e-5, msg=name)
+
+def test_bf16_autocast_on_cpu_forward_and_backward():
+    torch.manual_seed(0)
+    model = VisionTransformer(VISION_CONFIGS["tiny"])
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        reference, _ = model(images)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        emb, tokens = model(images, return_tokens=True)
+    assert emb.dtype == torch.bfloat16 and tokens.dtype == torch.bfloat16
+    assert torch.isfinite(emb.float()).all()
+    # bf16 keeps ~3 significant digits: the result must be close to fp32, not equal
+    assert (emb.float() - reference).norm() / reference.norm() < 0.05
+    emb.float().square().sum().backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in model.parameters())
+
+def test_rejects_images_of_the_wrong_size():
+    model = VisionTransformer(VISION_CONFIGS["tiny"])
+    with pytest.raises(ValueError, match="64"):
+        model(torch.randn(1, 3, 32, 32))
