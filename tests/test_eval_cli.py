@@ -23,6 +23,7 @@ import movingfashion_eval
 from dataloaders import build_transform, load_lpr4m_test, load_rgb
 from dataloaders.synthetic import make_synthetic_dataset
 from modules.clip_vit import VISION_CONFIGS, ResidualAttentionBlock
+from modules.checkpoint import load_checkpoint
 from modules.rice import RICEConfig, RICEModel
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -162,13 +163,14 @@ def test_v2_checkpoint_uses_v2_transform_and_pooling(data, ckpts, model, tmp_pat
     np.testing.assert_allclose(np.load(tmp_path / "features.npz")["query_features"][0], expected, atol=1e-5)
 
 
-def test_pmd_reranking_scores_and_order(data, ckpts, model, tmp_path):
+def test_pmd_reranking_scores_and_order(data, ckpts, tmp_path):
     metrics = run_eval(data, ckpts["v1_pmd_pfr.bin"], tmp_path, "--sim_header", "cross_attention",
                        "--recons_feat", "--rerank_topk", "4")
     assert metrics["ranking"] == "pmd_rerank" and metrics["rerank_topk"] == 4
     assert set(metrics["embedding"]) == set(metrics["reranked"]) == {"R1", "R3", "R5", "R10"}
     assert metrics["R1"] == metrics["reranked"]["R1"]
     split = load_lpr4m_test(data["lpr4m"])
+    model = RICEModel.from_checkpoint(load_checkpoint(ckpts["v1_pmd_pfr.bin"])).eval()  # fp16-stored weights
     transform = build_transform("v1", train=False, image_size=64)
     ids = [g.image_id for g in split.gallery]
     for r, q in list(zip(read_rankings(tmp_path), split.queries))[:2]:
