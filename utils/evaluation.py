@@ -178,6 +178,8 @@ def evaluate(args: argparse.Namespace, dataset: str, runtime: Runtime) -> dict |
     usable = image_ok.numpy()[image_of_gallery]  # unreadable gallery images cannot be retrieved
     gallery_ids = [g.image_id for g in split.gallery]
     kept = np.flatnonzero(usable)
+    if len(kept) == 0:
+        raise DataError(f"{args.data_root}: none of the {len(split.gallery)} gallery images could be read")
     per_group = split.per_group
     depth = max(RANKING_DEPTH, args.rerank_topk if do_rerank else 0)
     ranking = rank_gallery(
