@@ -1,0 +1,253 @@
+"""RICE heads: the pairwise matching decoder (PMD) and the PFR head reduction.
+
+PMD (SPEC §3.2) scores one (shop image, video) pair. The queries are the
+image's tokens plus learned position embeddings; the keys and values are the
+video's tokens (all frames concatenated, padded frames masked). The layout and
+parameter names follow the v1 release so its checkpoints load unchanged:
+
+    cross.embeddings.position_embeddings.weight          [77, E]
+    cross.transformer.resblocks.{i}.*                    self blocks (CLIP text-block names)
+    cross.transformer.cross_attention.attn.{query,key,value}.*
+    cross.transformer.cross_attention.{ln_1,mlp.c_fc,mlp.c_proj,ln_2}.*
+    cross.pooler.{ln_pool,dense}.*
+    similarity_dense.*   (Linear(E, 1), owned by the model: see modules/rice.py)
+
+Depth (`cross_num_hidden_layers` = L >= 1): L - 1 self-attention blocks over
+the image tokens, then ONE cross-attention block. L = 2 is the v1 setting (one
+self block + one cross block); L = 1 is the cross block alone.
+
+PFR (SPEC §3.3) turns the cross-attention probabilities of a pair, one map
+per head, into a single reconstruction weight map with two 1×1 convolutions
+(`recons_weights.conv.0` H -> H/2, ReLU, `recons_weights.conv.2` H/2 -> 1, ReLU).
+
+Dropout (0.1, the v1 rate) is applied to the queries after the position
+embeddings are added and to the cross-attention probabilities. Dropout has no
+parameters, so its exact placement is our choice; `model.eval()` turns it off.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from modules.clip_vit import QuickGELU, ResidualAttentionBlock
+from modules.losses import at_least_fp32
+
+PMD_LAYER_NORM_EPS = 1e-12  # every LayerNorm inside the v1 decoder
+PMD_DROPOUT = 0.1
+PMD_POSITIONS = 77  # rows of the v1 position table (CLIP's text context length)
+MASKED_SCORE = -1e6  # added to the scores of padded keys before the softmax
+
+
+class CrossEmbeddings(nn.Module):
+    """Learned positions added to the image queries (never to the video keys)."""
+
+    def __init__(self, width: int, positions: int):
+        super().__init__()
+        self.position_embeddings = nn.Embedding(positions, width)
+
+    def forward(self, image_tokens: torch.Tensor) -> torch.Tensor:
+        """[P, N, E] -> [P, N, E] with rows 0..N-1 of the table added."""
+        n = image_tokens.shape[1]
+        return image_tokens + self.position_embeddings.weight[:n].to(image_tokens.dtype)
+
+
+class CrossAttention(nn.Module):
+    """Multi-head attention of queries x over keys/values y, v1 layout.
+
+    Separate `query`, `key`, `value` projections with bias and NO output
+    projection: the merged heads go straight to the residual.
+    """
+
+    def __init__(self, width: int, heads: int, dropout: float):
+        super().__init__()
+        if width % heads:
+            raise ValueError(f"PMD width {width} is not divisible by pmd_heads {heads}")
+        self.heads = heads
+        self.query = nn.Linear(width, width)
+        self.key = nn.Linear(width, width)
+        self.value = nn.Linear(width, width)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(
+        self, x: torch.Tensor, y: torch.Tensor, key_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """x [P, N, E] queries, y [P, M, E] keys/values, key_mask [P, M] bool (True = valid).
+
+        Returns the attended values [P, N, E] and the attention probabilities
+        [P, H, N, M] (fp32, before dropout).
+        """
+        p, n, width = x.shape
+        m, dh = y.shape[1], width // self.heads
+        q = self.query(x).view(p, n, self.heads, dh).transpose(1, 2)  # [P, H, N, Dh]
+        k = self.key(y).view(p, m, self.heads, dh).transpose(1, 2)  # [P, H, M, Dh]
+        v = self.value(y).view(p, m, self.heads, dh).transpose(1, 2)  # [P, H, M, Dh]
+        scores = at_least_fp32(q @ k.transpose(-1, -2)) * dh**-0.5  # [P, H, N, M]
+        scores = scores + (~key_mask).to(scores.dtype)[:, None, None, :] * MASKED_SCORE
+        probs = scores.softmax(dim=-1)
+        out = self.dropout(probs).to(v.dtype) @ v  # [P, H, N, Dh]
+        return out.transpose(1, 2).reshape(p, n, width), probs
+
+
+class CrossAttentionBlock(nn.Module):
+    """Pre-LN cross block; one LayerNorm `ln_1` normalises queries and keys/values."""
+
+    def __init__(self, width: int, heads: int, dropout: float):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(width, eps=PMD_LAYER_NORM_EPS)
+        self.attn = CrossAttention(width, heads, dropout)
+        self.ln_2 = nn.LayerNorm(width, eps=PMD_LAYER_NORM_EPS)
+        self.mlp = nn.Sequential(
+            OrderedDict(
+                [
+                    ("c_fc", nn.Linear(width, 4 * width)),
+                    ("gelu", QuickGELU()),
+                    ("c_proj", nn.Linear(4 * width, width)),
+                ]
+            )
+        )
+
+    def forward(
+        self, x: torch.Tensor, y: torch.Tensor, key_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        attended, probs = self.attn(self.ln_1(x), self.ln_1(y), key_mask)
+        x = x + attended
+        return x + self.mlp(self.ln_2(x)), probs
+
+
+class CrossTransformer(nn.Module):
+    """`depth - 1` self blocks over the queries, then one cross block."""
+
+    def __init__(self, width: int, heads: int, depth: int, dropout: float):
+        super().__init__()
+        if depth < 1:
+            raise ValueError(f"cross_num_hidden_layers must be >= 1 (got {depth}); v1 uses 2")
+        self.resblocks = nn.ModuleList(
+            ResidualAttentionBlock(width, heads, layer_norm_eps=PMD_LAYER_NORM_EPS) for _ in range(depth - 1)
+        )
+        self.cross_attention = CrossAttentionBlock(width, heads, dropout)
+
+    def forward(
+        self, x: torch.Tensor, y: torch.Tensor, key_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        for block in self.resblocks:
+            x = block(x)
+        return self.cross_attention(x, y, key_mask)
+
+
+class Pooler(nn.Module):
+    """LayerNorm, take the CLS query, Linear(E, E), QuickGELU."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.ln_pool = nn.LayerNorm(width, eps=PMD_LAYER_NORM_EPS)
+        self.dense = nn.Linear(width, width)
+        self.activation = QuickGELU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.activation(self.dense(self.ln_pool(x[:, 0])))
+
+
+class PairwiseMatchingDecoder(nn.Module):
+    """PMD body (`cross.*`): image tokens attend to video tokens; returns the pooled pair feature.
+
+    The score itself is `similarity_dense(pooled)`, a layer the model owns
+    because v1 stores it outside `cross.*`.
+    """
+
+    def __init__(self, width: int, heads: int, depth: int, num_queries: int, dropout: float = PMD_DROPOUT):
+        super().__init__()
+        # v1 has 77 rows; a tower with more tokens (e.g. ViT-B/16) gets a longer table.
+        self.embeddings = CrossEmbeddings(width, max(PMD_POSITIONS, num_queries))
+        self.dropout = nn.Dropout(dropout)
+        self.transformer = CrossTransformer(width, heads, depth, dropout)
+        self.pooler = Pooler(width)
+
+    def forward(
+        self, image_tokens: torch.Tensor, video_tokens: torch.Tensor, video_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Decode P pairs.
+
+        Args:
+            image_tokens: [P, N, E] projected image tokens, CLS first.
+            video_tokens: [P, M, E] projected tokens of all frames (M = T·N).
+            video_mask: [P, M] bool, True = a token of a real frame.
+
+        Returns:
+            pooled: [P, E] pair features.
+            attention: [P, H, N, M] cross-attention probabilities (fp32).
+        """
+        x = self.dropout(self.embeddings(image_tokens))
+        x, attention = self.transformer(x, video_tokens, video_mask)
+        return self.pooler(x), attention
+
+
+class ReconstructionWeights(nn.Module):
+    """PFR head reduction (`recons_weights.conv`): [P, H, N, M] -> [P, N, M], non-negative."""
+
+    def __init__(self, heads: int):
+        super().__init__()
+        if heads < 2 or heads % 2:
+            raise ValueError(f"PFR halves the head count, so pmd_heads must be even and >= 2 (got {heads})")
+        self.conv = nn.Sequential(
+            nn.Conv2d(heads, heads // 2, kernel_size=1),
+            nn.ReLU(),
+            nn.Conv2d(heads // 2, 1, kernel_size=1),
+            nn.ReLU(),
+        )
+        # Start alive: with a negative output the final ReLU would cut every
+        # gradient and PFR would never train. Zero biases and a non-negative
+        # output conv make W >= 0 and non-zero for non-negative attention.
+        with torch.no_grad():
+            for conv in (self.conv[0], self.conv[2]):
+                conv.bias.zero_()
+            self.conv[2].weight.abs_()
+
+    def forward(self, attention: torch.Tensor) -> torch.Tensor:
+        return self.conv(attention).squeeze(1)
+
+
+def drop_cls(attention: torch.Tensor, tokens_per_frame: int) -> torch.Tensor:
+    """Remove the CLS query row and every frame's CLS key column.
+
+    [P, H, N, T·N] -> [P, H, N-1, T·(N-1)], where N = tokens_per_frame.
+    """
+    p, h, n, m = attention.shape
+    frames = m // tokens_per_frame
+    attention = attention[:, :, 1:].reshape(p, h, n - 1, frames, tokens_per_frame)
+    return attention[..., 1:].reshape(p, h, n - 1, frames * (tokens_per_frame - 1))
+
+
+def load_text_init(decoder: PairwiseMatchingDecoder, text_init: dict[str, torch.Tensor]) -> None:
+    """Initialise the first self block and the position table from a CLIP text tower.
+
+    `text_init` holds "positional_embedding" [77, E] and "resblock0.<param>"
+    (CLIP text block 0, `ResidualAttentionBlock` names); see CONTRACTS §2.
+    Raises ValueError when the text tower's width differs from the decoder's.
+    """
+    table = decoder.embeddings.position_embeddings.weight
+    positions = text_init["positional_embedding"]
+    if positions.shape[1] != table.shape[1] or positions.shape[0] > table.shape[0]:
+        raise ValueError(
+            f"CLIP text positional embedding {tuple(positions.shape)} does not fit the PMD position "
+            f"table {tuple(table.shape)}: the text tower width must equal the vision embed_dim"
+        )
+    with torch.no_grad():
+        table[: positions.shape[0]].copy_(positions)
+    if len(decoder.transformer.resblocks) == 0:
+        return  # depth 1: no self block to initialise
+    block = {k.removeprefix("resblock0."): v for k, v in text_init.items() if k.startswith("resblock0.")}
+    try:
+        decoder.transformer.resblocks[0].load_state_dict(block, strict=True)
+    except RuntimeError as err:
+        raise ValueError(f"CLIP text block 0 does not fit the PMD self block: {err}") from err
+
+
+def pair_scores(pooled: torch.Tensor, similarity_dense: nn.Linear) -> torch.Tensor:
+    """Raw PMD scores [P] from pooled features [P, E], computed in fp32 even under autocast."""
+    with torch.autocast(device_type=pooled.device.type, enabled=False):
+        weight, bias = at_least_fp32(similarity_dense.weight), at_least_fp32(similarity_dense.bias)
+        return F.linear(at_least_fp32(pooled), weight, bias).squeeze(-1)

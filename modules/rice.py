@@ -1,0 +1,326 @@
+"""The RICE model: one shared CLIP image encoder plus the PMD and PFR heads.
+
+Training (`forward`) takes a batch of (shop image, video clip) pairs and
+returns the named losses of SPEC §3:
+
+    loss = icl + pmd_weight · pmd + pfr_weight · pfr
+
+Evaluation uses `encode_images` / `encode_videos` (L2-normalised embeddings
+for ranking, optionally token features) and `score_pairs` (raw PMD scores for
+re-ranking). Video embeddings follow the v1 rule by default (normalise each
+frame, masked mean, normalise) or the v2 rule (masked mean, normalise).
+
+Padded frames (frame_mask False) are never encoded: their embeddings and
+tokens are zeros, they are left out of every mean, their keys are masked in
+the PMD cross attention and their patches are zero in PFR, so their pixels
+cannot change any output.
+
+Distributed training: each process computes the losses of its local pairs
+against the batch gathered from all processes (see modules/losses.py). ICL
+negatives and PMD hard negatives therefore come from the GLOBAL batch, and the
+update with DDP-averaged gradients equals a single-process step on the whole
+batch. Shards must have equal shapes (same batch size and frame count).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, fields
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from modules.clip_vit import VisionConfig, VisionTransformer
+from modules.heads import PairwiseMatchingDecoder, ReconstructionWeights, drop_cls, load_text_init, pair_scores
+from modules.losses import at_least_fp32, contrastive_loss, hard_negative_candidates, matching_loss, reconstruction_error
+from utils.distributed import all_gather, all_gather_with_grad, get_rank
+
+if TYPE_CHECKING:  # modules/checkpoint.py is written by the "encoder" stream
+    from modules.checkpoint import LoadedCheckpoint
+
+log = logging.getLogger(__name__)
+
+SIM_HEADERS = ("mean_pooling", "cross_attention")
+VIDEO_POOLINGS = ("v1", "v2")
+
+
+@dataclass
+class RICEConfig:
+    vision: VisionConfig
+    sim_header: str = "mean_pooling"  # "cross_attention" adds PMD
+    cross_num_hidden_layers: int = 2  # PMD depth L: L-1 self blocks + 1 cross block
+    recons_feat: bool = False  # PFR, needs cross_attention
+    pmd_heads: int = 8
+    video_pooling: str = "v1"  # "v1" | "v2" (SPEC §3)
+    logit_scale: float = 100.0  # ICL and PMD training scale
+    pmd_weight: float = 1.0
+    pfr_weight: float = 0.05
+    num_hard_negatives: int = 3
+    pmd_chunk_size: int = 16  # pairs per PMD chunk
+
+    def __post_init__(self):
+        if self.sim_header not in SIM_HEADERS:
+            raise ValueError(f"sim_header must be one of {SIM_HEADERS}, got {self.sim_header!r}")
+        if self.video_pooling not in VIDEO_POOLINGS:
+            raise ValueError(f"video_pooling must be one of {VIDEO_POOLINGS}, got {self.video_pooling!r}")
+        if self.recons_feat and self.sim_header != "cross_attention":
+            raise ValueError("recons_feat (PFR) needs sim_header='cross_attention' (PMD)")
+        if self.pmd_chunk_size < 1 or self.num_hard_negatives < 0:
+            raise ValueError("pmd_chunk_size must be >= 1 and num_hard_negatives >= 0")
+
+    @property
+    def use_pmd(self) -> bool:
+        return self.sim_header == "cross_attention"
+
+    def to_dict(self) -> dict:
+        return asdict(self)  # `vision` becomes a plain dict
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RICEConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown RICEConfig keys {unknown}; known keys: {sorted(known)}")
+        d = dict(d)
+        if isinstance(d.get("vision"), dict):
+            d["vision"] = VisionConfig(**d["vision"])
+        return cls(**d)
+
+
+class RICEModel(nn.Module):
+    def __init__(self, config: RICEConfig):
+        super().__init__()
+        self.config = config
+        width = config.vision.embed_dim
+        self.visual = VisionTransformer(config.vision)
+        self.cross = None
+        self.similarity_dense = None
+        self.recons_weights = None
+        if config.use_pmd:
+            self.cross = PairwiseMatchingDecoder(
+                width, config.pmd_heads, config.cross_num_hidden_layers, config.vision.num_tokens
+            )
+            self.similarity_dense = nn.Linear(width, 1)
+        if config.recons_feat:
+            self.recons_weights = ReconstructionWeights(config.pmd_heads)
+        self.grad_checkpointing = False
+
+    # ---------------------------------------------------------------- building
+    @classmethod
+    def from_checkpoint(cls, ckpt: "LoadedCheckpoint", config_overrides: dict | None = None) -> "RICEModel":
+        """Build the model a checkpoint describes and load every tensor (strict).
+
+        The architecture comes from the checkpoint (our own format stores its
+        RICEConfig; released formats are inferred from tensor shapes).
+        `config_overrides` may change fields, e.g. {"sim_header": "mean_pooling"}
+        to load only the encoder of an ICL+PMD checkpoint: heads the overridden
+        config does not build are skipped with a log line; any other missing or
+        unexpected key is an error.
+        """
+        config = config_for_checkpoint(ckpt)
+        if config_overrides:
+            config = RICEConfig.from_dict({**config.to_dict(), **config_overrides})
+        model = cls(config)
+        state = {f"visual.{k}": v for k, v in ckpt.visual_state.items()}
+        built = {name for name, module in model.named_children() if module is not None}
+        skipped = sorted({k.split(".")[0] for k in ckpt.heads_state} - built)
+        if skipped:
+            log.info("%s: not loading head tensors %s (not built by this config)", ckpt.path, skipped)
+        state.update({k: v for k, v in ckpt.heads_state.items() if k.split(".")[0] in built})
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise ValueError(
+                f"{ckpt.path}: checkpoint does not match the model built for it "
+                f"(missing {missing[:8]}{'...' if len(missing) > 8 else ''}, "
+                f"unexpected {unexpected[:8]}{'...' if len(unexpected) > 8 else ''})"
+            )
+        return model
+
+    def init_from_clip(self, ckpt: "LoadedCheckpoint") -> None:
+        """Start training from CLIP: load the encoder; PMD self block 0 and positions from the text tower."""
+        if ckpt.vision != self.config.vision:
+            raise ValueError(
+                f"{ckpt.path}: encoder {ckpt.vision} does not match the model's {self.config.vision}"
+            )
+        self.visual.load_state_dict(ckpt.visual_state, strict=True)
+        if self.cross is None:
+            return
+        if ckpt.text_init:
+            load_text_init(self.cross, ckpt.text_init)
+            log.info("PMD: self block 0 and position embeddings initialised from the CLIP text tower")
+        else:
+            log.info("%s has no CLIP text tower: PMD self block and position embeddings keep their random init",
+                     ckpt.path)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute encoder blocks and PMD chunks in the backward pass to save memory."""
+        self.visual.set_grad_checkpointing(enable)
+        self.grad_checkpointing = enable
+
+    # ---------------------------------------------------------------- encoding
+    def encode_images(self, images: torch.Tensor, return_tokens: bool = False):
+        """images [B,3,H,W] -> (emb [B,E] L2-normalised, tokens [B,N,E] or None)."""
+        _check_images(images, self.config.vision.image_size)
+        emb, tokens = self.visual(images, return_tokens)
+        return nn.functional.normalize(emb, dim=-1), tokens
+
+    def encode_videos(self, frames: torch.Tensor, frame_mask: torch.Tensor, return_tokens: bool = False):
+        """frames [B,T,3,H,W], frame_mask [B,T] bool -> (emb [B,E], tokens [B,T*N,E] | None, mask [B,T*N] | None).
+
+        A video with no valid frame gets a zero embedding and all-False token mask.
+        """
+        _check_frames(frames, frame_mask, self.config.vision.image_size)
+        emb, tokens = self.visual(frames[frame_mask], return_tokens)
+        return self._video_outputs(emb, tokens, frame_mask)
+
+    def _video_outputs(self, frame_emb, frame_tokens, frame_mask):
+        """Scatter per-valid-frame outputs back to [B, T, ...] (zeros for padding) and pool."""
+        b, t = frame_mask.shape
+        emb = frame_emb.new_zeros(b, t, frame_emb.shape[-1])
+        emb[frame_mask] = frame_emb
+        if self.config.video_pooling == "v1":
+            emb = nn.functional.normalize(emb, dim=-1)  # zero rows stay zero
+        count = frame_mask.sum(dim=1, keepdim=True).clamp(min=1).to(emb.dtype)
+        video_emb = nn.functional.normalize(emb.sum(dim=1) / count, dim=-1)
+        if frame_tokens is None:
+            return video_emb, None, None
+        n, e = frame_tokens.shape[1:]
+        tokens = frame_tokens.new_zeros(b, t, n, e)
+        tokens[frame_mask] = frame_tokens
+        token_mask = frame_mask[:, :, None].expand(b, t, n).reshape(b, t * n)
+        return video_emb, tokens.reshape(b, t * n, e), token_mask
+
+    # ---------------------------------------------------------------- scoring
+    def score_pairs(
+        self, image_tokens: torch.Tensor, video_tokens: torch.Tensor, video_token_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """Raw PMD scores (no ×100) of P pairs: [P,N,E], [P,M,E], [P,M] bool -> [P].
+
+        The caller bounds P (memory grows as P·H·N·M).
+        """
+        if self.cross is None:
+            raise RuntimeError("score_pairs needs the PMD head (sim_header='cross_attention')")
+        pooled, _ = self.cross(image_tokens, video_tokens, video_token_mask)
+        return pair_scores(pooled, self.similarity_dense)
+
+    # ---------------------------------------------------------------- training
+    def forward(self, images: torch.Tensor, frames: torch.Tensor, frame_mask: torch.Tensor) -> dict:
+        """One training step's losses for B local pairs (images [B,3,H,W], frames [B,T,3,H,W], mask [B,T])."""
+        size = self.config.vision.image_size
+        _check_images(images, size)
+        _check_frames(frames, frame_mask, size)
+        if frames.shape[0] != images.shape[0]:
+            raise ValueError(f"{images.shape[0]} images but {frames.shape[0]} videos; pairs must align")
+        b, want_tokens = images.shape[0], self.cross is not None
+
+        # One encoder pass over the images and the valid frames (padded frames are never encoded).
+        emb, tok = self.visual(torch.cat([images, frames[frame_mask]]), want_tokens)
+        image_emb = nn.functional.normalize(emb[:b], dim=-1)
+        image_tokens = tok[:b] if want_tokens else None
+        video_emb, video_tokens, token_mask = self._video_outputs(
+            emb[b:], tok[b:] if want_tokens else None, frame_mask
+        )
+
+        offset = get_rank() * b  # global index of the first local pair
+        all_video_emb = all_gather_with_grad(video_emb)
+        icl = contrastive_loss(
+            image_emb, video_emb, all_gather_with_grad(image_emb), all_video_emb, offset, self.config.logit_scale
+        )
+        losses = {"icl": icl}
+        total = icl
+        if self.cross is not None:
+            with torch.autocast(device_type=images.device.type, enabled=False):
+                similarity = at_least_fp32(image_emb.detach()) @ at_least_fp32(all_video_emb.detach()).T  # [B, G]
+            positives = torch.arange(b, device=images.device) + offset
+            candidates = hard_negative_candidates(similarity, positives, self.config.num_hard_negatives)
+            scores, pfr_sum = self._score_candidates(
+                image_tokens, all_gather_with_grad(video_tokens), all_gather(token_mask), candidates
+            )
+            losses["pmd"] = matching_loss(scores, self.config.logit_scale)
+            total = total + self.config.pmd_weight * losses["pmd"]
+            if self.recons_weights is not None:
+                n, e = image_tokens.shape[1:]
+                losses["pfr"] = pfr_sum / (b * (n - 1) * e)  # mean squared error over the positives
+                total = total + self.config.pfr_weight * losses["pfr"]
+        losses["loss"] = total
+        return losses
+
+    def _score_candidates(self, image_tokens, all_video_tokens, all_token_mask, candidates):
+        """PMD scores [B, C] of each local image with its C candidate videos, in chunks of pairs.
+
+        Also returns the PFR squared error summed over the positive pairs
+        (column 0), computed from the same decoder pass. With gradient
+        checkpointing each chunk is recomputed in the backward pass, so only
+        one chunk's decoder activations are alive at a time.
+        """
+        b, c = candidates.shape
+        image_index = torch.arange(b, device=candidates.device).repeat_interleave(c)  # [B*C]
+        video_index = candidates.reshape(-1)  # [B*C]
+        positive = torch.arange(b * c, device=candidates.device) % c == 0
+        chunk = self.config.pmd_chunk_size
+        scores, pfr_sum = [], 0.0
+        for start in range(0, b * c, chunk):
+            part = slice(start, start + chunk)
+            args = (
+                image_tokens[image_index[part]],
+                all_video_tokens[video_index[part]],
+                all_token_mask[video_index[part]],
+                positive[part],
+            )
+            if self.grad_checkpointing and torch.is_grad_enabled():
+                s, err = checkpoint(self._score_chunk, *args, use_reentrant=False)
+            else:
+                s, err = self._score_chunk(*args)
+            scores.append(s)
+            pfr_sum = pfr_sum + err
+        return torch.cat(scores).view(b, c), pfr_sum
+
+    def _score_chunk(self, image_tokens, video_tokens, video_mask, positive):
+        pooled, attention = self.cross(image_tokens, video_tokens, video_mask)
+        scores = pair_scores(pooled, self.similarity_dense)
+        if self.recons_weights is None or not bool(positive.any()):
+            return scores, scores.new_zeros(())
+        # PFR on the positive pairs: CLS rows/columns dropped, padded frames zeroed.
+        n, e = image_tokens.shape[1:]
+        with torch.autocast(device_type=scores.device.type, enabled=False):
+            weights = self.recons_weights(drop_cls(attention[positive], n))  # [P+, N-1, T*(N-1)]
+        p = weights.shape[0]
+        video = video_tokens[positive].view(p, -1, n, e)[:, :, 1:]  # [P+, T, N-1, E]
+        frame_valid = video_mask[positive].view(p, -1, n)[:, :, 1:, None]
+        video = (video * frame_valid).reshape(p, -1, e)
+        return scores, reconstruction_error(weights, video, image_tokens[positive][:, 1:])
+
+
+def config_for_checkpoint(ckpt: "LoadedCheckpoint") -> RICEConfig:
+    """The RICEConfig a loaded checkpoint describes (stored for our format, inferred otherwise)."""
+    stored = ckpt.extra.get("model_config") if ckpt.format == "ours" else None
+    if stored is not None:
+        return RICEConfig.from_dict({**stored, "vision": ckpt.vision})
+    heads = ckpt.heads
+    if heads is None:
+        return RICEConfig(vision=ckpt.vision, video_pooling=ckpt.video_pooling)
+    return RICEConfig(
+        vision=ckpt.vision,
+        sim_header=heads.sim_header,
+        cross_num_hidden_layers=heads.cross_num_hidden_layers,
+        recons_feat=heads.recons_feat,
+        pmd_heads=heads.pmd_heads,
+        video_pooling=ckpt.video_pooling,
+    )
+
+
+def _check_images(images: torch.Tensor, size: int) -> None:
+    if images.dim() != 4 or images.shape[1:] != (3, size, size):
+        raise ValueError(f"images must be [B, 3, {size}, {size}], got {tuple(images.shape)}")
+
+
+def _check_frames(frames: torch.Tensor, frame_mask: torch.Tensor, size: int) -> None:
+    if frames.dim() != 5 or frames.shape[2:] != (3, size, size):
+        raise ValueError(f"frames must be [B, T, 3, {size}, {size}], got {tuple(frames.shape)}")
+    if frame_mask.dtype != torch.bool or frame_mask.shape != frames.shape[:2]:
+        raise ValueError(
+            f"frame_mask must be a bool tensor of shape {tuple(frames.shape[:2])} (True = real frame), "
+            f"got {frame_mask.dtype} {tuple(frame_mask.shape)}"
+        )

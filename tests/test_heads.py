@@ -1,0 +1,189 @@
+"""PMD decoder and PFR head: v1 names and shapes, and numbers against an independent oracle."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from modules.clip_vit import VisionConfig
+from modules.heads import (
+    PMD_LAYER_NORM_EPS,
+    CrossAttentionBlock,
+    PairwiseMatchingDecoder,
+    ReconstructionWeights,
+    drop_cls,
+    load_text_init,
+)
+from modules.rice import RICEConfig, RICEModel
+
+
+def _v1_head_shapes(e: int, heads: int = 8) -> dict[str, tuple]:
+    """SPEC §5.1: every PMD/PFR tensor of a v1 ICL+PMD+PFR checkpoint with PMD width e."""
+    shapes = {
+        "cross.embeddings.position_embeddings.weight": (77, e),
+        "similarity_dense.weight": (1, e),
+        "similarity_dense.bias": (1,),
+        "recons_weights.conv.0.weight": (heads // 2, heads, 1, 1),
+        "recons_weights.conv.0.bias": (heads // 2,),
+        "recons_weights.conv.2.weight": (1, heads // 2, 1, 1),
+        "recons_weights.conv.2.bias": (1,),
+        "cross.pooler.ln_pool.weight": (e,),
+        "cross.pooler.ln_pool.bias": (e,),
+        "cross.pooler.dense.weight": (e, e),
+        "cross.pooler.dense.bias": (e,),
+    }
+    block = "cross.transformer.resblocks.0."
+    shapes |= {
+        block + "attn.in_proj_weight": (3 * e, e),
+        block + "attn.in_proj_bias": (3 * e,),
+        block + "attn.out_proj.weight": (e, e),
+        block + "attn.out_proj.bias": (e,),
+    }
+    cross = "cross.transformer.cross_attention."
+    for name in ("query", "key", "value"):
+        shapes |= {f"{cross}attn.{name}.weight": (e, e), f"{cross}attn.{name}.bias": (e,)}
+    for prefix in (block, cross):
+        for ln in ("ln_1", "ln_2"):
+            shapes |= {f"{prefix}{ln}.weight": (e,), f"{prefix}{ln}.bias": (e,)}
+        shapes |= {
+            prefix + "mlp.c_fc.weight": (4 * e, e),
+            prefix + "mlp.c_fc.bias": (4 * e,),
+            prefix + "mlp.c_proj.weight": (e, 4 * e),
+            prefix + "mlp.c_proj.bias": (e,),
+        }
+    return shapes
+
+
+def test_v1_parameter_names_and_shapes_at_width_512():
+    vision = VisionConfig(image_size=32, patch_size=16, width=64, layers=1, heads=1, embed_dim=512)
+    model = RICEModel(RICEConfig(vision=vision, sim_header="cross_attention", recons_feat=True))
+    got = {k: tuple(v.shape) for k, v in model.state_dict().items() if not k.startswith("visual.")}
+    assert got == _v1_head_shapes(512)
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3])
+def test_decoder_shapes_at_several_depths(depth):
+    torch.manual_seed(0)
+    decoder = PairwiseMatchingDecoder(width=32, heads=4, depth=depth, num_queries=5).eval()
+    assert len(decoder.transformer.resblocks) == depth - 1  # depth L = L-1 self blocks + 1 cross block
+    pooled, attention = decoder(torch.randn(3, 5, 32), torch.randn(3, 10, 32), torch.ones(3, 10, dtype=torch.bool))
+    assert pooled.shape == (3, 32)
+    assert attention.shape == (3, 4, 5, 10)
+    torch.testing.assert_close(attention.sum(-1), torch.ones(3, 4, 5))
+
+
+def test_depth_zero_is_rejected():
+    with pytest.raises(ValueError, match="cross_num_hidden_layers"):
+        PairwiseMatchingDecoder(width=32, heads=4, depth=0, num_queries=5)
+
+
+def test_all_decoder_layer_norms_use_eps_1e_12():
+    decoder = PairwiseMatchingDecoder(width=32, heads=4, depth=3, num_queries=5)
+    norms = [m for m in decoder.modules() if isinstance(m, nn.LayerNorm)]
+    assert len(norms) == 2 * 2 + 2 + 1  # two self blocks, the cross block, the pooler
+    assert all(m.eps == PMD_LAYER_NORM_EPS == 1e-12 for m in norms)
+
+
+def _oracle_decoder(decoder: PairwiseMatchingDecoder, img, vid, mask):
+    """The v1 decoder written with nn.MultiheadAttention (output projection set to identity)."""
+    e = img.shape[-1]
+    x = img + decoder.embeddings.position_embeddings.weight[: img.shape[1]]
+    for block in decoder.transformer.resblocks:
+        x = block(x)
+    cross = decoder.transformer.cross_attention
+    mha = nn.MultiheadAttention(e, cross.attn.heads, batch_first=True, bias=True)
+    with torch.no_grad():
+        mha.in_proj_weight.copy_(torch.cat([cross.attn.query.weight, cross.attn.key.weight, cross.attn.value.weight]))
+        mha.in_proj_bias.copy_(torch.cat([cross.attn.query.bias, cross.attn.key.bias, cross.attn.value.bias]))
+        mha.out_proj.weight.copy_(torch.eye(e))
+        mha.out_proj.bias.zero_()
+    ln = lambda t, m: F.layer_norm(t, (e,), m.weight, m.bias, 1e-12)  # noqa: E731
+    attended, probs = mha(ln(x, cross.ln_1), ln(vid, cross.ln_1), ln(vid, cross.ln_1),
+                          key_padding_mask=~mask, average_attn_weights=False)
+    x = x + attended
+    h = ln(x, cross.ln_2) @ cross.mlp.c_fc.weight.T + cross.mlp.c_fc.bias
+    x = x + (h * torch.sigmoid(1.702 * h)) @ cross.mlp.c_proj.weight.T + cross.mlp.c_proj.bias
+    pooled = ln(x, decoder.pooler.ln_pool)[:, 0] @ decoder.pooler.dense.weight.T + decoder.pooler.dense.bias
+    return pooled * torch.sigmoid(1.702 * pooled), probs
+
+
+def test_decoder_matches_oracle_with_masked_keys():
+    torch.manual_seed(0)
+    decoder = PairwiseMatchingDecoder(width=32, heads=4, depth=2, num_queries=5).eval()
+    img, vid = torch.randn(2, 5, 32), torch.randn(2, 10, 32)
+    mask = torch.ones(2, 10, dtype=torch.bool)
+    mask[1, 5:] = False
+    pooled, attention = decoder(img, vid, mask)
+    expected_pooled, expected_probs = _oracle_decoder(decoder, img, vid, mask)
+    torch.testing.assert_close(pooled, expected_pooled, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(attention, expected_probs, atol=1e-6, rtol=1e-5)
+    assert attention[1, :, :, 5:].abs().max() == 0  # padded keys get exactly zero weight
+    # Masked key values cannot change anything.
+    vid2 = vid.clone()
+    vid2[1, 5:] = 1e3
+    torch.testing.assert_close(decoder(img, vid2, mask)[0], pooled, atol=0, rtol=0)
+
+
+def test_positions_are_added_to_queries_only():
+    torch.manual_seed(0)
+    decoder = PairwiseMatchingDecoder(width=32, heads=4, depth=1, num_queries=5).eval()
+    img, vid, mask = torch.randn(2, 5, 32), torch.randn(2, 10, 32), torch.ones(2, 10, dtype=torch.bool)
+    pooled, _ = decoder(img, vid, mask)
+    with torch.no_grad():
+        table = decoder.embeddings.position_embeddings.weight
+        table[5:] += torch.randn_like(table[5:])  # rows beyond N are unused
+    torch.testing.assert_close(decoder(img, vid, mask)[0], pooled, atol=0, rtol=0)
+    with torch.no_grad():
+        table[:5] += torch.randn_like(table[:5])  # (a constant shift would vanish in the LayerNorms)
+    assert not torch.allclose(decoder(img, vid, mask)[0], pooled)
+
+
+def test_cross_block_has_no_output_projection_and_one_shared_norm():
+    block = CrossAttentionBlock(width=16, heads=2, dropout=0.0)
+    names = {k for k, _ in block.named_parameters()}
+    assert not any("out_proj" in k for k in names)
+    assert {k.split(".")[0] for k in names} == {"ln_1", "attn", "ln_2", "mlp"}
+
+
+def test_drop_cls_removes_query_row_and_every_frame_cls_column():
+    n, frames = 3, 2  # 3 tokens per frame (CLS + 2 patches), 2 frames
+    attention = torch.arange(1 * 1 * n * frames * n, dtype=torch.float32).view(1, 1, n, frames * n)
+    out = drop_cls(attention, n)
+    assert out.shape == (1, 1, n - 1, frames * (n - 1))
+    keep_cols = [1, 2, 4, 5]  # columns 0 and 3 are the frames' CLS tokens
+    torch.testing.assert_close(out[0, 0], attention[0, 0, 1:][:, keep_cols])
+
+
+def test_reconstruction_weights_are_two_relu_1x1_convs():
+    torch.manual_seed(0)
+    head = ReconstructionWeights(heads=8)
+    attention = torch.rand(2, 8, 4, 6)
+    c0, c2 = head.conv[0], head.conv[2]
+    hidden = torch.relu(torch.einsum("oh,phnm->ponm", c0.weight[:, :, 0, 0], attention) + c0.bias[:, None, None])
+    expected = torch.relu(torch.einsum("oh,phnm->ponm", c2.weight[:, :, 0, 0], hidden) + c2.bias[:, None, None])
+    torch.testing.assert_close(head(attention), expected[:, 0])
+    with pytest.raises(ValueError, match="even"):
+        ReconstructionWeights(heads=3)
+
+
+def test_load_text_init_copies_positions_and_block_zero():
+    torch.manual_seed(0)
+    decoder = PairwiseMatchingDecoder(width=32, heads=4, depth=2, num_queries=5)
+    donor = PairwiseMatchingDecoder(width=32, heads=4, depth=2, num_queries=5).transformer.resblocks[0]
+    text_init = {"positional_embedding": torch.randn(77, 32)}
+    text_init |= {f"resblock0.{k}": v for k, v in donor.state_dict().items()}
+    load_text_init(decoder, text_init)
+    torch.testing.assert_close(decoder.embeddings.position_embeddings.weight, text_init["positional_embedding"])
+    for k, v in donor.state_dict().items():
+        torch.testing.assert_close(decoder.transformer.resblocks[0].state_dict()[k], v)
+    with pytest.raises(ValueError, match="width"):
+        load_text_init(decoder, {"positional_embedding": torch.randn(77, 48)})
+
+
+def test_reconstruction_weights_start_alive():
+    for seed in range(5):
+        torch.manual_seed(seed)
+        attention = torch.rand(1, 8, 4, 6).softmax(-1).requires_grad_()
+        weights = ReconstructionWeights(heads=8)(attention)
+        weights.sum().backward()
+        assert weights.min() >= 0 and weights.max() > 0 and attention.grad.abs().sum() > 0
