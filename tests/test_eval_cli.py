@@ -189,8 +189,12 @@ def test_pmd_reranking_scores_and_order(data, ckpts, tmp_path):
         np.testing.assert_allclose([e["pmd_score"] for e in top], expected.numpy(), atol=1e-4)
 
 
-def test_one_stage_disables_reranking(data, ckpts, tmp_path):
-    metrics = run_eval(data, ckpts["ours.pt"], tmp_path, "--sim_header", "cross_attention", "--one_stage")
+def test_default_reranking_depth_and_one_stage(data, ckpts, tmp_path):
+    metrics = run_eval(data, ckpts["ours.pt"], tmp_path / "rerank", "--sim_header", "cross_attention")
+    assert metrics["ranking"] == "pmd_rerank" and metrics["rerank_topk"] == 5
+    for r in read_rankings(tmp_path / "rerank"):
+        assert sum("pmd_score" in e for e in r["ranking"]) == 5
+    metrics = run_eval(data, ckpts["ours.pt"], tmp_path / "one", "--sim_header", "cross_attention", "--one_stage")
     assert metrics["ranking"] == "embedding" and "reranked" not in metrics
 
 

@@ -66,8 +66,10 @@ def build_parser(dataset: str) -> argparse.ArgumentParser:
                        help="one retrieval stage: rank by embedding only, never re-rank with PMD")
     model.add_argument("--embedding_sim", action="store_true",
                        help="rank by embedding cosine only (how the released numbers were measured)")
-    model.add_argument("--rerank_topk", type=int, default=10,
-                       help="with PMD re-ranking: how many embedding candidates per query PMD re-orders")
+    model.add_argument("--rerank_topk", type=int, default=5,
+                       help="with PMD re-ranking: how many embedding candidates per query PMD re-orders; R_k for "
+                       "k >= K is unchanged, R1 can rise at most to the embedding R_K (default 5 chosen with "
+                       "benchmarks/bench_rerank.py: cost grows linearly with K)")
     run = parser.add_argument_group("devices and speed")
     run.add_argument("--n_gpu", type=int, default=1,
                      help="processes/GPUs for feature extraction; fewer visible GPUs -> uses those (CPU if none)")
