@@ -312,3 +312,17 @@ def test_recipe_scripts_match_the_seed_rows(data, ckpts, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["dataset"] == "movingfashion" and metrics["flags"]["recons_feat"] is True
+
+
+def test_n_gpu_spawns_one_process_per_gpu(data, ckpts, tmp_path, monkeypatch):
+    """--n_gpu 2 with two (pretended) GPUs spawns two workers; on this CPU machine they use gloo."""
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    flags = ["--sim_header", "cross_attention", "--embedding_sim", "--save_features"]
+    spawned = run_eval(data, ckpts["ours.pt"], tmp_path / "two", "--n_gpu", "2", *flags)
+    monkeypatch.undo()
+    single = run_eval(data, ckpts["ours.pt"], tmp_path / "one", "--n_gpu", "1", *flags)
+    assert spawned["flags"]["n_gpu"] == 2
+    assert {k: spawned[k] for k in ("R1", "R3", "R5", "R10")} == {k: single[k] for k in ("R1", "R3", "R5", "R10")}
+    fa, fb = (np.load(tmp_path / d / "features.npz") for d in ("one", "two"))
+    np.testing.assert_allclose(fa["query_features"], fb["query_features"], atol=1e-5)
+    np.testing.assert_allclose(fa["gallery_features"], fb["gallery_features"], atol=1e-5)

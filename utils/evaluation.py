@@ -231,10 +231,15 @@ def _free_port() -> int:
 
 
 def _spawned_worker(rank: int, world_size: int, port: int, args: argparse.Namespace, dataset: str) -> None:
-    dist.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
-    torch.cuda.set_device(rank)
+    """One of the --n_gpu processes: GPU `rank` with NCCL (gloo on the CPU when CUDA is absent)."""
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda", rank) if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    backend = "nccl" if cuda else "gloo"
+    dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
     try:
-        runtime = Runtime(rank, world_size, torch.device("cuda", rank), args.precision, not args.no_progress)
+        runtime = Runtime(rank, world_size, device, args.precision, not args.no_progress)
         evaluate(args, dataset, runtime)
     finally:
         dist.destroy_process_group()
@@ -276,6 +281,7 @@ def run(argv: list[str] | None, dataset: str) -> dict | None:
               + (f"{gpus} GPU(s)" if gpus else "the CPU in one process"))
     n = min(args.n_gpu, gpus)
     if n > 1:
+        model_overrides(args, load_checkpoint(args.ckpt_path))  # bad flags: one clear error, before spawning
         mp.spawn(_spawned_worker, args=(n, _free_port(), args, dataset), nprocs=n, join=True)
         return read_metrics(Path(args.output_dir))
     device = torch.device("cuda", 0) if n == 1 else torch.device("cpu")
