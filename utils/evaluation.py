@@ -199,7 +199,8 @@ def evaluate(args: argparse.Namespace, dataset: str, runtime: Runtime) -> dict |
 
     pmd = None
     if do_rerank:
-        raw = pmd_scores(model, ranking, args.rerank_topk, clips, images, image_of_gallery, runtime, collate_samples)
+        raw = pmd_scores(model, ranking, args.rerank_topk, clips, images, image_of_gallery, runtime, collate_samples,
+                         num_workers=args.num_workers)
         ranking, pmd = rerank(ranking, raw)
         results["reranked"] = recall_at_k(first_hit_ranks(ranking, gallery_ids, gts), depth=RANKING_DEPTH)
 
