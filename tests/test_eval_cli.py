@@ -207,6 +207,7 @@ def test_default_reranking_depth_and_one_stage(data, ckpts, tmp_path):
         ("v1_pmd.bin", ["--sim_header", "cross_attention", "--cross_num_hidden_layers", "3"], "has 2"),
         ("v1_pmd.bin", ["--recons_feat"], "needs --sim_header cross_attention"),
         ("v1_pmd.bin", ["--batch_size", "0"], "--batch_size must be >= 1"),
+        ("v1_pmd.bin", ["--precision", "fp16"], "fp16 needs a GPU"),
     ],
 )
 def test_flags_contradicting_the_checkpoint_fail_clearly(data, ckpts, tmp_path, ckpt_name, flags, message):

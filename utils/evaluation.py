@@ -95,7 +95,7 @@ def check_args(args: argparse.Namespace) -> None:
 
 
 class FlagError(ValueError):
-    """Command-line flags that contradict the checkpoint."""
+    """Command-line flags that contradict the checkpoint or the machine."""
 
 
 def model_overrides(args: argparse.Namespace, ckpt) -> tuple[dict, list[str]]:
@@ -136,6 +136,8 @@ def _load_split(dataset: str, data_root: str):
 
 def evaluate(args: argparse.Namespace, dataset: str, runtime: Runtime) -> dict | None:
     """Run the whole evaluation in this process; returns the metrics on the main process."""
+    if args.precision == "fp16" and runtime.device.type == "cpu":
+        raise FlagError("--precision fp16 needs a GPU (on the CPU it gave NaN features); use bf16 or fp32 on the CPU")
     ckpt = load_checkpoint(args.ckpt_path)
     overrides, notes = model_overrides(args, ckpt)
     for note in notes:
@@ -176,6 +178,8 @@ def evaluate(args: argparse.Namespace, dataset: str, runtime: Runtime) -> dict |
     )
     query_feats, query_ok = extract_features(clips, encode_clips, batch_size=args.batch_size, desc="queries", **common)
 
+    if not (torch.isfinite(image_feats[image_ok]).all() and torch.isfinite(query_feats[query_ok]).all()):
+        raise FlagError(f"features contain NaN or inf with --precision {args.precision}; try --precision fp32")
     gallery_feats = image_feats[image_of_gallery]
     usable = image_ok.numpy()[image_of_gallery]  # unreadable gallery images cannot be retrieved
     gallery_ids = [g.image_id for g in split.gallery]
