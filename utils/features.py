@@ -119,7 +119,8 @@ def extract_features(
         valid.append(ok.cpu())
     if not indices:  # more processes than items: this one has nothing to do
         dim = _feature_dim(dataset, encode, runtime, collate_fn)
-        indices, features, valid = [torch.empty(0, dtype=torch.int64)], [torch.empty(0, dim)], [torch.empty(0, dtype=torch.bool)]
+        indices, features = [torch.empty(0, dtype=torch.int64)], [torch.empty(0, dim)]
+        valid = [torch.empty(0, dtype=torch.bool)]
     index = torch.cat(indices)
     feats = gather_by_index(index, torch.cat(features), len(dataset), runtime)
     ok = gather_by_index(index, torch.cat(valid).to(torch.uint8), len(dataset), runtime).bool()
