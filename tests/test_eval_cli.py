@@ -328,3 +328,43 @@ def test_n_gpu_spawns_one_process_per_gpu(data, ckpts, tmp_path, monkeypatch):
     fa, fb = (np.load(tmp_path / d / "features.npz") for d in ("one", "two"))
     np.testing.assert_allclose(fa["query_features"], fb["query_features"], atol=1e-5)
     np.testing.assert_allclose(fa["gallery_features"], fb["gallery_features"], atol=1e-5)
+
+
+def test_annotation_file_flags(data, ckpts, tmp_path):
+    """--query_file / --gt_file pick files the name patterns would not find."""
+    ann = Path(data["lpr4m"]) / "annotations"
+    queries = json.loads((ann / "query_tenframes.json").read_text())
+    kept = dict(list(queries.items())[:5])
+    (tmp_path / "five_queries.json").write_text(json.dumps(kept))
+    gt = {clip: ["no-such-image"] for clip in queries}  # every query now misses
+    (tmp_path / "wrong_gt.json").write_text(json.dumps(gt))
+    metrics = run_eval(data, ckpts["ours.pt"], tmp_path / "out", "--query_file", str(tmp_path / "five_queries.json"),
+                       "--gt_file", str(tmp_path / "wrong_gt.json"))
+    assert metrics["num_queries"] == 5 and metrics["R10"] == 0.0
+    assert [r["gt"] for r in read_rankings(tmp_path / "out")] == [["no-such-image"]] * 5
+
+
+def test_img2dataset_index_layout_gives_the_release_results(data, ckpts, tmp_path):
+    """Original LPR4M annotations (ids) + an img2dataset index == the release layout (paths)."""
+    split = load_lpr4m_test(data["lpr4m"])
+    files = {Path(f).stem: f for q in split.queries for f in q.frame_paths}
+    files.update({g.image_id: g.path for g in split.gallery})
+    lines = ["#root\t0\t/"] + [f"{key}\t0\t{path.lstrip('/')}" for key, path in files.items()]
+    (tmp_path / "index.tsv").write_text("\n".join(lines) + "\n")
+    ann = tmp_path / "orig"
+    ann.mkdir()
+    (ann / "test_videoid_to_gtimage_12.json").write_text(json.dumps({q.query_id: q.gt for q in split.queries}))
+    (ann / "frames.json").write_text(json.dumps({Path(f).stem: [0, 0, 1, 1] for q in split.queries
+                                                 for f in q.frame_paths}))
+    galleries = {}
+    for g in split.gallery:
+        galleries.setdefault(g.group, []).append(g.image_id)
+    (ann / "galleries.json").write_text(json.dumps(galleries))
+    common = ["--ckpt_path", ckpts["ours.pt"], "--num_workers", "0", "--no_progress"]
+    lpr4m_embedding_eval.main(["--data_root", data["lpr4m"], "--output_dir", str(tmp_path / "release"), *common])
+    metrics = lpr4m_embedding_eval.main(
+        ["--data_root", str(ann), "--index", str(tmp_path / "index.tsv"), "--frames_file", str(ann / "frames.json"),
+         "--gallery_file", str(ann / "galleries.json"), "--output_dir", str(tmp_path / "index"), *common])
+    assert metrics["num_queries"] == len(split.queries) and metrics["num_missing_gallery_images"] == 0
+    rankings = [(tmp_path / d / "rankings.jsonl").read_bytes() for d in ("index", "release")]
+    assert rankings[0] == rankings[1]

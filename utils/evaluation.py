@@ -53,6 +53,15 @@ def build_parser(dataset: str) -> argparse.ArgumentParser:
     data.add_argument("--output_dir", default=f"outputs/eval_{dataset}",
                       help="where metrics.json, rankings.jsonl and features.npz go")
     data.add_argument("--max_frames", type=int, default=10, help="frames per query clip (uniformly sampled)")
+    if dataset == "lpr4m":
+        files = parser.add_argument_group(
+            "LPR4M annotation files (default: found by name pattern under DATA_ROOT or DATA_ROOT/annotations)")
+        files.add_argument("--query_file", help="release layout: query_tenframes*.json")
+        files.add_argument("--gallery_file", help="gallery_main*.txt (release) or test_liveid_to_gallery*.json (--index)")
+        files.add_argument("--gt_file", help="test_videoid_to_gtimage*.json")
+        files.add_argument("--frames_file", help="with --index: test_frameid2gtbox*.json (frame ids of the queries)")
+        files.add_argument("--index", help="full LPR4M downloaded with img2dataset: the index TSV written by "
+                           "tools/index_img2dataset.py (ids are looked up there instead of paths)")
     model = parser.add_argument_group("model row (must agree with the checkpoint)")
     model.add_argument("--sim_header", choices=["mean_pooling", "cross_attention"], default="mean_pooling",
                        help="mean_pooling: the ICL model (encoder only); cross_attention: the checkpoint's PMD "
@@ -130,8 +139,11 @@ def model_overrides(args: argparse.Namespace, ckpt) -> tuple[dict, list[str]]:
     return {"recons_feat": False}, notes  # PFR is a training loss: never needed to score
 
 
-def _load_split(dataset: str, data_root: str):
-    return (load_lpr4m_test if dataset == "lpr4m" else load_movingfashion_test)(data_root)
+def _load_split(dataset: str, args: argparse.Namespace):
+    if dataset == "movingfashion":
+        return load_movingfashion_test(args.data_root)
+    return load_lpr4m_test(args.data_root, query_file=args.query_file, gallery_file=args.gallery_file,
+                           gt_file=args.gt_file, frames_file=args.frames_file, index=args.index)
 
 
 def evaluate(args: argparse.Namespace, dataset: str, runtime: Runtime) -> dict | None:
@@ -152,7 +164,7 @@ def evaluate(args: argparse.Namespace, dataset: str, runtime: Runtime) -> dict |
         + (f"PMD re-ranking of the top {args.rerank_topk}" if do_rerank else "embedding ranking")
     )
 
-    split = _load_split(dataset, args.data_root)
+    split = _load_split(dataset, args)
     if not split.queries or not split.gallery:
         raise DataError(f"{args.data_root}: found {len(split.queries)} queries and {len(split.gallery)} gallery "
                         "images; check --data_root")
