@@ -57,7 +57,8 @@ def build_parser(dataset: str) -> argparse.ArgumentParser:
         files = parser.add_argument_group(
             "LPR4M annotation files (default: found by name pattern under DATA_ROOT or DATA_ROOT/annotations)")
         files.add_argument("--query_file", help="release layout: query_tenframes*.json")
-        files.add_argument("--gallery_file", help="gallery_main*.txt (release) or test_liveid_to_gallery*.json (--index)")
+        files.add_argument("--gallery_file",
+                           help="gallery_main*.txt (release) or test_liveid_to_gallery*.json (with --index)")
         files.add_argument("--gt_file", help="test_videoid_to_gtimage*.json")
         files.add_argument("--frames_file", help="with --index: test_frameid2gtbox*.json (frame ids of the queries)")
         files.add_argument("--index", help="full LPR4M downloaded with img2dataset: the index TSV written by "
