@@ -290,13 +290,17 @@ def test_missing_frames_and_images_count_as_misses(data, ckpts, tmp_path):
     lost_image = next(g for g in split.gallery if g.image_id not in split.queries[1].gt)
     Path(lost_image.path).unlink()
     metrics = lpr4m_embedding_eval.main(["--data_root", str(root), "--ckpt_path", ckpts["ours.pt"], "--output_dir",
-                                         str(tmp_path / "out"), "--num_workers", "0", "--no_progress"])
+                                         str(tmp_path / "out"), "--num_workers", "0", "--no_progress",
+                                         "--save_features"])
     assert metrics["num_queries"] == len(split.queries)  # still in the denominator
     assert metrics["num_missing_queries"] == 1 and metrics["num_missing_gallery_images"] == 1
     rankings = read_rankings(tmp_path / "out")
     assert rankings[0]["missing"] and rankings[0]["ranking"] == []
     assert all(e["image_id"] != lost_image.image_id for r in rankings for e in r["ranking"])
     assert metrics["R10"] == pytest.approx(recall_from_rankings(rankings, 10), abs=1e-3)
+    f = np.load(tmp_path / "out" / "features.npz")
+    assert f["query_valid"].tolist() == [q is not lost_query for q in split.queries]
+    assert f["gallery_valid"].tolist() == [g is not lost_image for g in split.gallery]
 
 
 def test_recipe_scripts_match_the_seed_rows(data, ckpts, tmp_path):

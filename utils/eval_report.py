@@ -11,7 +11,9 @@ In --output_dir:
                   best first, at least the top 10.
   features.npz    with --save_features: query_ids, query_features [Q, D],
                   query_valid [Q], gallery_ids, gallery_groups, gallery_features
-                  [G, D] (L2-normalised float32; rows of missing queries are 0).
+                  [G, D], gallery_valid [G] (L2-normalised float32; rows of
+                  missing queries are 0, rows of unreadable images are not
+                  meaningful).
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ def write_outputs(out_dir: Path, args: argparse.Namespace, info: dict, counts: d
             f.write(json.dumps(line) + "\n")
 
     if features is not None:
-        query_feats, query_ok, gallery_feats = features
+        query_feats, query_ok, gallery_feats, gallery_ok = features
         np.savez(
             out_dir / "features.npz",
             query_ids=np.array([q.query_id for q in split.queries]),
@@ -61,6 +63,7 @@ def write_outputs(out_dir: Path, args: argparse.Namespace, info: dict, counts: d
             gallery_ids=np.array(gallery_ids),
             gallery_groups=np.array([g.group for g in split.gallery]),
             gallery_features=gallery_feats.numpy().astype(np.float32),
+            gallery_valid=np.asarray(gallery_ok, bool),
         )
     return metrics
 

@@ -233,7 +233,7 @@ def evaluate(args: argparse.Namespace, dataset: str, runtime: Runtime) -> dict |
             "video_pooling": config.video_pooling}
     metrics = write_outputs(
         Path(args.output_dir), args, info, counts, results, split, ranking, pmd,
-        (query_feats, query_ok, gallery_feats) if args.save_features else None,
+        (query_feats, query_ok, gallery_feats, usable) if args.save_features else None,
     )
     print_table(metrics)
     return metrics
