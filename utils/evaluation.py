@@ -211,6 +211,11 @@ def evaluate(args: argparse.Namespace, dataset: str, runtime: Runtime) -> dict |
         valid_queries=query_ok.numpy(),
     )
     ranking.indices = np.where(ranking.indices >= 0, kept[np.maximum(ranking.indices, 0)], -1)
+    if per_group:
+        shops = {split.gallery[i].group for i in kept}
+        orphans = sum(q.group not in shops for q in split.queries)
+        if orphans:
+            runtime.log(f"note: {orphans} queries have no readable gallery image in their livestream (misses)")
     gts = [q.gt for q in split.queries]
     results = {"embedding": recall_at_k(first_hit_ranks(ranking, gallery_ids, gts), depth=RANKING_DEPTH)}
 
