@@ -1,0 +1,77 @@
+"""Benchmark evaluation feature extraction and PMD re-ranking cost at ViT-B/32 size.
+
+Random weights and random pixels (the cost does not depend on them):
+  * query clips/s: `encode_videos` on [B, 10, 3, 224, 224] clips, all frames valid;
+  * gallery images/s: `encode_images` on [B*10, 3, 224, 224];
+  * PMD pairs/s: `score_pairs` with 50 image tokens against 10x50 video tokens,
+    the cost of re-ranking (per query: rerank_topk pairs + one token pass of the clip).
+each in fp32 and bf16 (autocast). Data loading is not included.
+
+    python benchmarks/bench_extract.py [--device cpu|cuda] [--batch 4] [--steps 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from modules.clip_vit import VISION_CONFIGS  # noqa: E402
+from modules.rice import RICEConfig, RICEModel  # noqa: E402
+
+
+def timed(fn, steps: int, device: torch.device) -> float:
+    fn()  # warm-up
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(steps):
+        fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - start) / steps
+
+
+@torch.no_grad()
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--batch", type=int, default=4, help="clips per batch (images: 10x as many)")
+    parser.add_argument("--steps", type=int, default=2, help="timed batches per measurement")
+    parser.add_argument("--pairs", type=int, default=64, help="PMD pairs per call")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    config = RICEConfig(VISION_CONFIGS["ViT-B/32"], sim_header="cross_attention")
+    model = RICEModel(config).to(device).eval()
+    size, frames_per_clip, tokens = config.vision.image_size, 10, config.vision.num_tokens
+    clips = torch.randn(args.batch, frames_per_clip, 3, size, size, device=device)
+    mask = torch.ones(args.batch, frames_per_clip, dtype=torch.bool, device=device)
+    images = clips.flatten(0, 1)
+    width = config.vision.embed_dim
+    image_tokens = torch.randn(args.pairs, tokens, width, device=device)
+    video_tokens = torch.randn(args.pairs, frames_per_clip * tokens, width, device=device)
+    video_mask = torch.ones(args.pairs, frames_per_clip * tokens, dtype=torch.bool, device=device)
+
+    print(f"device={device} threads={torch.get_num_threads()} batch={args.batch} clips x {frames_per_clip} frames")
+    for precision in ("fp32", "bf16"):
+        autocast = (
+            contextlib.nullcontext() if precision == "fp32" else torch.autocast(device.type, dtype=torch.bfloat16)
+        )
+        with autocast:
+            clip_s = timed(lambda: model.encode_videos(clips, mask), args.steps, device)
+            image_s = timed(lambda: model.encode_images(images), args.steps, device)
+            pair_s = timed(lambda: model.score_pairs(image_tokens, video_tokens, video_mask), args.steps, device)
+        print(
+            f"{precision}: {args.batch / clip_s:8.2f} clips/s  {len(images) / image_s:8.1f} gallery images/s  "
+            f"{args.pairs / pair_s:8.1f} PMD pairs/s"
+        )
+
+
+if __name__ == "__main__":
+    main()

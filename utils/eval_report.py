@@ -1,0 +1,89 @@
+"""What an evaluation leaves on disk, and the table it prints.
+
+In --output_dir:
+  metrics.json    R1/R3/R5/R10 (percent over ALL queries) of the final ranking,
+                  the embedding-only and (when run) PMD re-ranked metrics, the
+                  query/gallery counts, the checkpoint and the flags. No
+                  timestamps: two runs of the same command give the same bytes.
+  rankings.jsonl  one line per query, in test-set order:
+                  {"query_id", "gt", "missing", "ranking": [{"image_id", "score"
+                  (embedding cosine), "pmd_score" (re-ranked entries only)}, ...]}
+                  best first, at least the top 10.
+  features.npz    with --save_features: query_ids, query_features [Q, D],
+                  query_valid [Q], gallery_ids, gallery_groups, gallery_features
+                  [G, D], gallery_valid [G] (L2-normalised float32; rows of
+                  missing queries are 0, rows of unreadable images are not
+                  meaningful).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+SCORE_DECIMALS = 6  # scores in rankings.jsonl
+
+
+def write_outputs(out_dir: Path, args: argparse.Namespace, info: dict, counts: dict, results: dict,
+                  split, ranking, pmd, features) -> dict:
+    """Write metrics.json, rankings.jsonl and (features given) features.npz; return the metrics."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    final = "reranked" if "reranked" in results else "embedding"
+    metrics = {**results[final], **counts, "ranking": "pmd_rerank" if final == "reranked" else "embedding",
+               **results, **info, "flags": dict(sorted(vars(args).items()))}
+    if final == "reranked":
+        metrics["rerank_topk"] = args.rerank_topk
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+
+    gallery_ids = [g.image_id for g in split.gallery]
+    with open(out_dir / "rankings.jsonl", "w") as f:
+        for q, query in enumerate(split.queries):
+            entries = []
+            for position, (index, score) in enumerate(zip(ranking.indices[q], ranking.scores[q])):
+                if index < 0:
+                    break
+                entry = {"image_id": gallery_ids[index], "score": round(float(score), SCORE_DECIMALS)}
+                if pmd is not None and not math.isnan(pmd[q, position]):
+                    entry["pmd_score"] = round(float(pmd[q, position]), SCORE_DECIMALS)
+                entries.append(entry)
+            line = {"query_id": query.query_id, "gt": list(query.gt), "missing": not entries, "ranking": entries}
+            f.write(json.dumps(line) + "\n")
+
+    if features is not None:
+        query_feats, query_ok, gallery_feats, gallery_ok = features
+        np.savez(
+            out_dir / "features.npz",
+            query_ids=np.array([q.query_id for q in split.queries]),
+            query_features=query_feats.numpy().astype(np.float32),
+            query_valid=query_ok.numpy(),
+            gallery_ids=np.array(gallery_ids),
+            gallery_groups=np.array([g.group for g in split.gallery]),
+            gallery_features=gallery_feats.numpy().astype(np.float32),
+            gallery_valid=np.asarray(gallery_ok, bool),
+        )
+    return metrics
+
+
+def read_metrics(out_dir: Path) -> dict:
+    return json.loads((out_dir / "metrics.json").read_text())
+
+
+def print_table(metrics: dict) -> None:
+    """A small fixed-width table of the results."""
+    rows = [("embedding", metrics["embedding"])]
+    if "reranked" in metrics:
+        rows.append((f"PMD re-rank top-{metrics['rerank_topk']}", metrics["reranked"]))
+    ks = list(metrics["embedding"])
+    width = max(len(name) for name, _ in rows) + 2
+    print(f"\n{metrics['dataset']}  {metrics['checkpoint']} ({metrics['checkpoint_format']})")
+    print("ranking".ljust(width) + "".join(k.rjust(8) for k in ks))
+    for name, values in rows:
+        print(name.ljust(width) + "".join(f"{values[k]:8.2f}" for k in ks))
+    print(
+        f"{metrics['num_queries']} queries ({metrics['num_missing_queries']} without frames, counted as misses), "
+        f"{metrics['num_gallery_images']} gallery images ({metrics['num_missing_gallery_images']} unreadable)\n"
+    )

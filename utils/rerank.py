@@ -1,0 +1,140 @@
+"""Re-rank each query's embedding top-K with the PMD pair score (SPEC §2).
+
+The released checkpoints were evaluated by embedding cosine only; PMD pair
+scoring at test time was left unfinished in both releases. This is a
+tractable version: only the K best gallery images of each query (by
+embedding) are scored by the pairwise matching decoder.
+
+Memory is bounded by the block size, not by the test set: queries are taken
+in blocks of `block_size`; for a block we encode the tokens of its clips and
+of the gallery images that appear in its top-K lists (at most
+block_size x K images), then score the (query, candidate) pairs in chunks of
+`pair_chunk`. Blocks load in DataLoader workers; they are dealt round-robin
+to the processes and the scores gathered by query index, so the result does
+not depend on the process count.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from utils.features import Runtime, gather_by_index
+from utils.metrics import Ranking
+
+
+class _Blocks(Dataset):
+    """Item b: the clips of query block b and the gallery images its top-K lists need.
+
+    Loading a block (decoding up to block_size x 10 frames and block_size x K
+    images) is the slow part; as a Dataset it runs in DataLoader workers.
+    """
+
+    def __init__(self, blocks, candidates, clips, images, image_of_gallery, collate_fn):
+        self.blocks, self.candidates, self.clips, self.images = blocks, candidates, clips, images
+        self.image_of_gallery, self.collate_fn = image_of_gallery, collate_fn
+
+    def __len__(self):
+        return len(self.blocks)
+
+    def __getitem__(self, b: int) -> dict:
+        block = self.blocks[b]
+        rows = np.flatnonzero(self.candidates[block, 0] >= 0)  # queries with at least one candidate
+        item = {"block": block, "rows": rows}
+        if len(rows):
+            cand = self.candidates[block[rows]]  # [b, K], -1 for absent entries
+            present = cand >= 0
+            # Distinct images the block needs, and which of them each (query, candidate) pair uses.
+            needed, pair_image = np.unique(self.image_of_gallery[cand[present]], return_inverse=True)
+            item.update(
+                present=present,
+                pair_query=np.nonzero(present)[0],  # row (within `rows`) of every pair
+                pair_image=pair_image,
+                clips=self.collate_fn([self.clips[int(q)] for q in block[rows]]),
+                images=self.collate_fn([self.images[int(i)] for i in needed]),
+            )
+        return item
+
+
+def _as_is(item: dict) -> dict:
+    """Keep a block as the dataset made it (numpy arrays stay numpy)."""
+    return item
+
+
+@torch.no_grad()
+def pmd_scores(
+    model,
+    ranking: Ranking,
+    topk: int,
+    clips: Dataset,
+    images: Dataset,
+    image_of_gallery: np.ndarray,
+    runtime: Runtime,
+    collate_fn,
+    num_workers: int = 0,
+    block_size: int = 32,
+    pair_chunk: int = 64,
+) -> np.ndarray:
+    """PMD scores of every query's first `topk` ranked gallery entries.
+
+    Args:
+        model: a RICEModel with the PMD head (`score_pairs`).
+        ranking: embedding ranking, [Q, k] gallery positions (k >= topk).
+        clips: query dataset (ClipDataset), item i = query i.
+        images: dataset of the distinct gallery images (ImageDataset).
+        image_of_gallery: [G] which item of `images` each gallery position is.
+        num_workers: DataLoader workers that load the blocks.
+    Returns:
+        [Q, topk] float32 raw PMD scores aligned with ranking.indices[:, :topk];
+        NaN where the ranking has no entry (missing query, small gallery).
+    """
+    num_queries = len(ranking.indices)
+    blocks = [np.arange(s, min(s + block_size, num_queries)) for s in range(0, num_queries, block_size)]
+    mine = _Blocks(blocks[runtime.rank :: runtime.world_size], ranking.indices[:, :topk], clips, images,
+                   image_of_gallery, collate_fn)
+    loader = DataLoader(mine, batch_size=None, num_workers=num_workers, collate_fn=_as_is)  # items: whole blocks
+    device = runtime.device
+    done, scores = [], []
+    for item in tqdm(loader, desc="PMD re-ranking", unit="block", disable=not (runtime.progress and runtime.is_main)):
+        block, rows = item["block"], item["rows"]
+        out = np.full((len(block), topk), np.nan, np.float32)
+        if len(rows):
+            frames, mask = item["clips"]["frames"].to(device), item["clips"]["frame_mask"].to(device)
+            pair_query, pair_image = item["pair_query"], item["pair_image"]
+            with runtime.autocast():
+                _, video_tokens, video_mask = model.encode_videos(frames, mask, return_tokens=True)
+                _, image_tokens = model.encode_images(item["images"]["image"].to(device), return_tokens=True)
+                values = []
+                for start in range(0, len(pair_query), pair_chunk):
+                    q = torch.as_tensor(pair_query[start : start + pair_chunk], device=device)
+                    i = torch.as_tensor(pair_image[start : start + pair_chunk], device=device)
+                    values.append(model.score_pairs(image_tokens[i], video_tokens[q], video_mask[q]).float())
+            block_out = np.full(item["present"].shape, np.nan, np.float32)
+            block_out[item["present"]] = torch.cat(values).cpu().numpy()
+            out[rows] = block_out
+        done.append(torch.from_numpy(block))
+        scores.append(torch.from_numpy(out))
+    index = torch.cat(done) if done else torch.empty(0, dtype=torch.int64)
+    values = torch.cat(scores) if scores else torch.empty(0, topk)
+    return gather_by_index(index, values, num_queries, runtime).numpy()
+
+
+def rerank(ranking: Ranking, pmd: np.ndarray) -> tuple[Ranking, np.ndarray]:
+    """Reorder each query's first K entries by PMD score (best first).
+
+    Equal PMD scores keep their embedding order; entries after the first K
+    keep their place. Returns the new ranking (scores stay embedding cosines)
+    and the PMD scores aligned with it (NaN after the first K).
+    """
+    topk = pmd.shape[1]
+    indices, scores = ranking.indices.copy(), ranking.scores.copy()
+    aligned = np.full(indices.shape, np.nan, np.float32)
+    for q in range(len(indices)):
+        present = np.flatnonzero(indices[q, :topk] >= 0)
+        order = present[np.argsort(-pmd[q, present], kind="stable")]
+        indices[q, : len(order)] = ranking.indices[q, order]
+        scores[q, : len(order)] = ranking.scores[q, order]
+        aligned[q, : len(order)] = pmd[q, order]
+    return Ranking(indices, scores), aligned
