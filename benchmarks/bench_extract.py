@@ -45,6 +45,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=4, help="clips per batch (images: 10x as many)")
     parser.add_argument("--steps", type=int, default=2, help="timed batches per measurement")
     parser.add_argument("--pairs", type=int, default=64, help="PMD pairs per call")
+    parser.add_argument("--precisions", nargs="+", choices=["fp32", "bf16"], default=["fp32", "bf16"])
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     config = RICEConfig(VISION_CONFIGS["ViT-B/32"], sim_header="cross_attention")
@@ -59,7 +60,7 @@ def main(argv: list[str] | None = None) -> None:
     video_mask = torch.ones(args.pairs, frames_per_clip * tokens, dtype=torch.bool, device=device)
 
     print(f"device={device} threads={torch.get_num_threads()} batch={args.batch} clips x {frames_per_clip} frames")
-    for precision in ("fp32", "bf16"):
+    for precision in args.precisions:
         autocast = (
             contextlib.nullcontext() if precision == "fp32" else torch.autocast(device.type, dtype=torch.bfloat16)
         )
