@@ -15,6 +15,9 @@ shards have equal size.
 
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass
+
 import torch
 import torch.distributed as dist
 
@@ -85,3 +88,61 @@ def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
     out = x.detach().clone()
     dist.all_reduce(out, op=dist.ReduceOp.SUM)
     return out / get_world_size()
+
+
+# --------------------------------------------------------------------------- process set-up
+
+
+@dataclass
+class DistEnv:
+    """Where this process runs: global rank, rank on its machine, world size, device."""
+
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device: str | None = None) -> DistEnv:
+    """Join the process group `torchrun` describes in the environment, or run alone.
+
+    torchrun (single- or multi-node, any rendezvous) sets RANK, LOCAL_RANK and
+    WORLD_SIZE; the group is initialised from those with NCCL when the process
+    has a GPU and gloo otherwise. Without them this is a plain one-process run
+    and no group is created. `device` ("cpu" or "cuda") forces the device type.
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = torch.cuda.is_available() if device is None else device == "cuda"
+    if use_cuda and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda asked but no GPU is visible")
+    dev = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
+    if use_cuda:
+        torch.cuda.set_device(dev)
+    if world_size > 1 and not is_distributed():
+        dist.init_process_group("nccl" if use_cuda else "gloo", rank=rank, world_size=world_size)
+    return DistEnv(rank=rank, local_rank=local_rank, world_size=world_size, device=dev)
+
+
+def cleanup_distributed() -> None:
+    if is_distributed():
+        dist.destroy_process_group()
+
+
+def barrier() -> None:
+    if is_distributed():
+        dist.barrier()
+
+
+def broadcast_object(obj, src: int = 0):
+    """`obj` of process `src` on every process (identity with no process group)."""
+    if not is_distributed():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]

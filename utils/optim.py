@@ -1,0 +1,50 @@
+"""AdamW with the v1 parameter groups (SPEC §4).
+
+Four groups: {CLIP encoder, new modules} x {decayed, not decayed}. The
+encoder (`visual.*`) learns at `lr * coef_lr`, the new modules (PMD, PFR) at
+`lr`. Weight decay never applies to biases, norms or embeddings. CLIP names
+its LayerNorms `ln_*` (`ln_pre`, `ln_1`, `ln_post`, ...), not `LayerNorm`, so
+they are recognised by shape (1-d) as well as by name; embeddings
+(`class_embedding`, `positional_embedding`, the PMD's
+`position_embeddings`) by name.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+ENCODER_PREFIX = "visual."
+NO_DECAY_NAMES = ("embedding", "ln_", "norm")
+
+
+def decays(name: str, param: torch.Tensor) -> bool:
+    """Whether weight decay applies to this parameter."""
+    if param.ndim < 2:  # biases, LayerNorm weights, class_embedding
+        return False
+    module_and_leaf = name.split(".")[-2:]  # e.g. ["position_embeddings", "weight"]
+    return not any(key in part for part in module_and_leaf for key in NO_DECAY_NAMES)
+
+
+def param_groups(model: nn.Module, lr: float, coef_lr: float, weight_decay: float) -> list[dict]:
+    """The optimizer's groups; each keeps its `base_lr` for the schedule and a `name`."""
+    buckets: dict[tuple[bool, bool], list] = {}
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            buckets.setdefault((name.startswith(ENCODER_PREFIX), decays(name, param)), []).append(param)
+    groups = []
+    for (encoder, decay), params in sorted(buckets.items(), reverse=True):
+        base_lr = lr * coef_lr if encoder else lr
+        groups.append({
+            "params": params,
+            "name": f"{'encoder' if encoder else 'heads'}_{'decay' if decay else 'no_decay'}",
+            "lr": base_lr,
+            "base_lr": base_lr,
+            "weight_decay": weight_decay if decay else 0.0,
+        })
+    return groups
+
+
+def build_optimizer(model: nn.Module, lr: float, coef_lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW with betas (0.9, 0.98) and eps 1e-6, as CLIP and the v1 release."""
+    return torch.optim.AdamW(param_groups(model, lr, coef_lr, weight_decay), betas=(0.9, 0.98), eps=1e-6)

@@ -1,0 +1,174 @@
+"""Command-line arguments of lpr4m_train.py, with an optional YAML `--config`.
+
+Precedence, lowest to highest: the defaults below (the v1 recipe of SPEC §4),
+the keys of the `--config` YAML file, the flags given on the command line.
+YAML keys are the argparse destination names (`sim_header`, `batch_size`,
+...); an unknown key is an error, so a typo cannot be silently ignored. The
+resolved arguments are saved as `args.yaml` in the output folder, which is
+itself a valid `--config`.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import yaml
+
+from modules.clip_vit import VISION_CONFIGS
+
+DATASETS = ("lpr4m", "movingfashion", "synthetic")
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="lpr4m_train.py",
+        description="Train RICE (ICL, +PMD, +PFR) on LPR4M, MovingFashion or built-in synthetic data. "
+        "Runs as one process, or one process per GPU under torchrun (single or multi node).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--config", help="YAML file whose keys (flag names without --) become the defaults")
+
+    data = p.add_argument_group("data")
+    data.add_argument("--dataset", choices=DATASETS, default="lpr4m",
+                      help="lpr4m: LPR750K/LPR4M layout; movingfashion: prepared MovingFashion root; "
+                      "synthetic: generate the built-in synthetic dataset (in --data_root, or in "
+                      "OUTPUT_DIR/synthetic_data when no --data_root is given) and train on it")
+    data.add_argument("--data_root", help="dataset root (SPEC §6 layouts)")
+    data.add_argument("--train_annotation", help="LPR4M: training TSV (default: training_videoinfo_*.txt "
+                      "found under DATA_ROOT or DATA_ROOT/annotations)")
+    data.add_argument("--index", help="LPR4M downloaded with img2dataset: the index TSV of "
+                      "tools/index_img2dataset.py (the annotations then hold ids, not paths)")
+    data.add_argument("--max_frames", type=int, default=10, help="frames sampled per training clip")
+    data.add_argument("--transform_style", choices=("v1", "v2"), default="v1",
+                      help="v1: 224 bicubic squash for images and frames; v2: resize 256, random crop, flip")
+    data.add_argument("--num_workers", type=int, default=4, help="data-loading processes per training process")
+
+    model = p.add_argument_group("model (the ablation rows: SPEC §3.4)")
+    model.add_argument("--model_config", choices=sorted(VISION_CONFIGS), default="ViT-B/32",
+                       help="encoder shape when no checkpoint gives one (tiny/small: tests and the demo)")
+    model.add_argument("--pretrained_clip", help="local OpenAI CLIP checkpoint (ViT-B-32.pt) to start from; "
+                       "without it (and without --init_model) the encoder starts from random weights")
+    model.add_argument("--init_model", help="start from a RICE checkpoint of any supported format "
+                       "(v1, v2 or ours); heads it lacks start from their initialisation")
+    model.add_argument("--sim_header", choices=("mean_pooling", "cross_attention"), default="mean_pooling",
+                       help="mean_pooling: ICL only; cross_attention: adds the pairwise matching decoder (PMD)")
+    model.add_argument("--one_stage", action="store_true",
+                       help="one retrieval stage (the ICL row's flag): --validate ranks by embedding only. "
+                       "Without it, validation of a PMD model also reports PMD re-ranking of the top 5")
+    model.add_argument("--cross_num_hidden_layers", type=int, default=2,
+                       help="PMD depth L: L-1 self-attention blocks then one cross-attention block")
+    model.add_argument("--recons_feat", action="store_true",
+                       help="add patch feature reconstruction (PFR, needs --sim_header cross_attention)")
+    model.add_argument("--grad_checkpointing", action="store_true",
+                       help="recompute encoder blocks and PMD chunks in the backward pass (less memory)")
+
+    optim = p.add_argument_group("optimisation (v1 recipe, SPEC §4)")
+    optim.add_argument("--batch_size", type=int, default=96,
+                       help="GLOBAL batch of (image, clip) pairs per optimizer step, split over all processes")
+    optim.add_argument("--gradient_accumulation_steps", type=int, default=1,
+                       help="split each process's share of the batch into this many micro-batches "
+                       "(ICL and PMD negatives then come from each micro-batch)")
+    optim.add_argument("--lr", type=float, default=3e-4, help="learning rate of the new modules (PMD, PFR)")
+    optim.add_argument("--coef_lr", type=float, default=1e-3, help="the CLIP encoder learns at lr * coef_lr")
+    optim.add_argument("--weight_decay", type=float, default=0.2,
+                       help="AdamW decoupled weight decay (never on biases, norms, embeddings)")
+    optim.add_argument("--clip_grad_norm", type=float, default=1.0, help="max gradient norm (0: no clipping)")
+    optim.add_argument("--epochs", type=int, default=5, help="passes over the training pairs")
+    optim.add_argument("--max_steps", type=int, default=None,
+                       help="stop after this many optimizer steps (overrides --epochs; the schedule spans them)")
+    optim.add_argument("--warmup_proportion", type=float, default=0.1,
+                       help="fraction of the steps with linear warm-up (then cosine decay to 0)")
+    optim.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                       help="fp32; bf16 autocast (GPUs and CPUs with native bf16); fp16 autocast with a "
+                       "gradient scaler (GPU only). Logits, softmaxes and losses are always fp32")
+    optim.add_argument("--seed", type=int, default=42, help="seeds the initialisation, data order and dropout")
+
+    run = p.add_argument_group("run, checkpoints and logs")
+    run.add_argument("--output_dir", default="outputs/train",
+                     help="where args.yaml, log.jsonl, tensorboard/, checkpoints/ and model.pt go")
+    run.add_argument("--resume", help="a checkpoint to continue from, or 'latest': OUTPUT_DIR/checkpoints/last.pt "
+                     "if it exists (otherwise start afresh)")
+    run.add_argument("--save_every_steps", type=int, default=500,
+                     help="also write checkpoints/last.pt every N optimizer steps (0: only at epoch ends)")
+    run.add_argument("--keep_checkpoints", type=int, default=2,
+                     help="how many per-epoch checkpoints (epoch_E.pt) to keep, newest first (0: keep all)")
+    run.add_argument("--log_every_steps", type=int, default=10, help="write a log.jsonl record every N steps")
+    run.add_argument("--no_progress", action="store_true", help="no progress bar (also off when not a TTY)")
+    run.add_argument("--no_tensorboard", action="store_true", help="do not write TensorBoard event files")
+    run.add_argument("--validate", action="store_true",
+                     help="after each epoch, retrieval R1/R5/R10 on the VALIDATION split (LPR4M layouts)")
+    run.add_argument("--val_max_queries", type=int, default=None,
+                     help="validate on the first N validation clips only (their galleries stay whole)")
+    run.add_argument("--device", choices=("cpu", "cuda"), default=None,
+                     help="default: cuda when a GPU is visible, else cpu")
+    return p
+
+
+def _config_defaults(parser: argparse.ArgumentParser, path: str) -> dict:
+    file = Path(path)
+    if not file.is_file():
+        raise SystemExit(f"error: --config {path}: no such file")
+    try:
+        values = yaml.safe_load(file.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise SystemExit(f"error: --config {path} is not valid YAML: {err}") from None
+    if not isinstance(values, dict):
+        raise SystemExit(f"error: --config {path} must hold a mapping of flag names to values")
+    known = {a.dest for a in parser._actions} - {"help", "config"}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise SystemExit(f"error: --config {path}: unknown keys {unknown} (keys are flag names without '--', "
+                         "e.g. sim_header, batch_size)")
+    choices = {a.dest: a.choices for a in parser._actions if a.choices}
+    for key, value in values.items():
+        if key in choices and value not in choices[key]:
+            raise SystemExit(f"error: --config {path}: {key}: {value!r} is not one of {list(choices[key])}")
+    return values
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Defaults < YAML --config < command line; then check the combination."""
+    parser = build_parser()
+    pre, _ = parser.parse_known_args(argv)
+    if pre.config:
+        parser.set_defaults(**_config_defaults(parser, pre.config))
+    args = parser.parse_args(argv)
+    check_args(parser, args)
+    return args
+
+
+def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Flag combinations that can never work, reported as a usage error."""
+    positive = ("max_frames", "batch_size", "gradient_accumulation_steps", "epochs", "cross_num_hidden_layers",
+                "log_every_steps")
+    for name in positive:
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
+    for name in ("num_workers", "save_every_steps", "keep_checkpoints", "lr", "coef_lr", "weight_decay",
+                 "clip_grad_norm"):
+        if getattr(args, name) < 0:
+            parser.error(f"--{name} must be >= 0, got {getattr(args, name)}")
+    if args.max_steps is not None and args.max_steps < 1:
+        parser.error(f"--max_steps must be >= 1, got {args.max_steps}")
+    if args.val_max_queries is not None and args.val_max_queries < 1:
+        parser.error(f"--val_max_queries must be >= 1, got {args.val_max_queries}")
+    if not 0.0 <= args.warmup_proportion < 1.0:
+        parser.error(f"--warmup_proportion must be in [0, 1), got {args.warmup_proportion}")
+    if args.recons_feat and args.sim_header != "cross_attention":
+        parser.error("--recons_feat (PFR) needs --sim_header cross_attention: PFR reads the PMD attention maps")
+    if args.dataset != "synthetic" and not args.data_root:
+        parser.error(f"--data_root is required for --dataset {args.dataset}")
+    if args.pretrained_clip and args.init_model:
+        parser.error("give either --pretrained_clip (start from CLIP) or --init_model (start from a RICE "
+                     "checkpoint), not both")
+    if args.validate and args.dataset == "movingfashion":
+        parser.error("--validate needs a validation split; the MovingFashion release has none "
+                     "(validate on --dataset lpr4m or synthetic, or drop --validate)")
+
+
+def save_args(args: argparse.Namespace, path: Path) -> None:
+    """Write the resolved arguments as YAML (loadable again with --config)."""
+    values = {k: v for k, v in sorted(vars(args).items()) if k != "config"}
+    path.write_text(yaml.safe_dump(values, sort_keys=True))
