@@ -1,0 +1,322 @@
+"""The training recipes (scripts/train_*.sh, scripts/train_common.sh, configs/*.yaml) and
+tools/plot_logs.py.
+
+The recipes run with a stand-in PYTHON that records its arguments, working
+folder and environment instead of launching torchrun, so no GPU (or training
+script) is needed.
+"""
+
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tools import plot_logs
+from utils.params import build_parser
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = ROOT / "scripts"
+CONFIGS = ROOT / "configs"
+
+DATASETS = ("lpr4m", "movingfashion")
+ROWS = ("icl", "icl_pmd", "icl_pmd_pfr")
+RECIPES = [f"{d}_{r}" for d in DATASETS for r in ROWS]
+
+# The argparse dest names of lpr4m_train.py, less "config".
+CONTRACT_DESTS = {a.dest for a in build_parser()._actions} - {"help", "config"}
+PATH_KEYS = {"data_root", "train_annotation", "index", "pretrained_clip", "init_model", "output_dir", "resume"}
+LAUNCH_ENV = ("NPROC_PER_NODE", "NNODES", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT", "OUTPUT_DIR",
+              "DATA_ROOT", "PRETRAINED_CLIP", "PYTHON", "RICE_VENV")
+
+STUB = """#!{python}
+import json, os, sys
+with open(os.environ["FAKE_PYTHON_RECORD"], "w") as f:
+    json.dump({{"argv": sys.argv[1:], "cwd": os.getcwd(), "env": dict(os.environ)}}, f)
+"""
+
+
+# --------------------------------------------------------------------------- scripts
+
+def test_every_script_parses():
+    scripts = sorted(SCRIPTS.glob("*.sh"))
+    assert {f"train_{r}.sh" for r in RECIPES} | {"train_common.sh"} <= {p.name for p in scripts}
+    for script in scripts:
+        result = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+        assert result.returncode == 0, f"{script.name}: {result.stderr}"
+
+
+@pytest.fixture
+def fake(tmp_path):
+    """A stand-in PYTHON, a data root and a CLIP file in tmp; a clean launch environment."""
+    stub = tmp_path / "bin" / "fake_python"
+    stub.parent.mkdir()
+    stub.write_text(STUB.format(python=sys.executable))
+    stub.chmod(stub.stat().st_mode | stat.S_IXUSR)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "ViT-B-32.pt").write_bytes(b"not a real checkpoint")
+    record = tmp_path / "record.json"
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCH_ENV}
+    env.update(PYTHON=str(stub), DATA_ROOT=str(tmp_path / "data"), PRETRAINED_CLIP=str(tmp_path / "ViT-B-32.pt"),
+               FAKE_PYTHON_RECORD=str(record))
+    caller = tmp_path / "elsewhere"
+    caller.mkdir()
+
+    def run(recipe, *args, cwd=caller, **env_changes):
+        run_env = dict(env)
+        for key, value in env_changes.items():
+            if value is None:
+                run_env.pop(key, None)
+            else:
+                run_env[key] = value
+        if record.exists():
+            record.unlink()
+        result = subprocess.run(["bash", str(SCRIPTS / f"train_{recipe}.sh"), *args], cwd=cwd, env=run_env,
+                                capture_output=True, text=True, timeout=60)
+        seen = json.loads(record.read_text()) if record.exists() else None
+        return result, seen
+
+    run.tmp = tmp_path
+    return run
+
+
+def _value(argv, flag):
+    assert argv.count(flag) == 1, f"{flag} should appear once in {argv}"
+    return argv[argv.index(flag) + 1]
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_recipe_launches_torchrun_with_its_config(fake, recipe):
+    result, seen = fake(recipe, "--max_steps", "3", "--note", "with space")
+    assert result.returncode == 0, result.stderr
+    argv = seen["argv"]
+    assert argv[:2] == ["-m", "torch.distributed.run"]
+    # the README setting: one machine, two processes, a local standalone rendezvous
+    assert _value(argv, "--nproc_per_node") == "2"
+    assert _value(argv, "--nnodes") == "1"
+    assert _value(argv, "--node_rank") == "0"
+    assert "--standalone" in argv and "--rdzv_endpoint" not in argv
+    script = argv.index("lpr4m_train.py")
+    assert all(a.startswith("--") for a in argv[2:script:2]), "launcher flags come before the script"
+    train = argv[script + 1:]
+    assert _value(train, "--config") == f"configs/{recipe}.yaml"
+    assert _value(train, "--data_root") == str(fake.tmp / "data")
+    assert _value(train, "--pretrained_clip") == str(fake.tmp / "ViT-B-32.pt")
+    assert _value(train, "--output_dir") == f"outputs/{recipe}"
+    assert _value(train, "--resume") == "latest"
+    assert train[-4:] == ["--max_steps", "3", "--note", "with space"], "extra flags go last, unchanged"
+    # run from the repository root whatever the caller's folder, so the relative paths resolve
+    assert Path(seen["cwd"]) == ROOT
+    assert (ROOT / f"configs/{recipe}.yaml").is_file()
+
+
+def test_multi_node_uses_c10d_rendezvous(fake):
+    result, seen = fake("lpr4m_icl_pmd_pfr", NNODES="2", NODE_RANK="1", NPROC_PER_NODE="4",
+                        MASTER_ADDR="10.0.0.7", MASTER_PORT="29611")
+    assert result.returncode == 0, result.stderr
+    argv = seen["argv"]
+    launcher = argv[:argv.index("lpr4m_train.py")]
+    assert _value(launcher, "--nnodes") == "2"
+    assert _value(launcher, "--nproc_per_node") == "4"
+    assert _value(launcher, "--node_rank") == "1"
+    assert _value(launcher, "--rdzv_backend") == "c10d"
+    assert _value(launcher, "--rdzv_endpoint") == "10.0.0.7:29611"
+    assert "--standalone" not in launcher
+
+
+def test_multi_node_needs_a_reachable_master_addr(fake):
+    result, seen = fake("lpr4m_icl", NNODES="2", NODE_RANK="0")
+    assert result.returncode != 0 and seen is None
+    assert "MASTER_ADDR" in result.stderr
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"NODE_RANK": "2", "NNODES": "2", "MASTER_ADDR": "10.0.0.7"}, "NODE_RANK"),
+    ({"NPROC_PER_NODE": "two"}, "NPROC_PER_NODE"),
+    ({"NNODES": "0"}, "NNODES"),
+])
+def test_bad_launch_settings_are_refused(fake, env, message):
+    result, seen = fake("lpr4m_icl", **env)
+    assert result.returncode != 0 and seen is None
+    assert message in result.stderr
+
+
+def test_paths_and_output_dir_from_the_callers_folder(fake):
+    caller = fake.tmp
+    result, seen = fake("movingfashion_icl", cwd=caller, DATA_ROOT="data", PRETRAINED_CLIP="ViT-B-32.pt",
+                        OUTPUT_DIR="runs/mf")
+    assert result.returncode == 0, result.stderr
+    train = seen["argv"][seen["argv"].index("lpr4m_train.py") + 1:]
+    assert _value(train, "--data_root") == str(caller / "data")
+    assert _value(train, "--pretrained_clip") == str(caller / "ViT-B-32.pt")
+    assert _value(train, "--output_dir") == str(caller / "runs/mf")
+
+
+def test_default_python_is_the_repository_venv(fake, tmp_path):
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python").symlink_to(fake.tmp / "bin" / "fake_python")
+    result, seen = fake("lpr4m_icl", PYTHON=None, RICE_VENV=str(venv))
+    assert result.returncode == 0, result.stderr
+    assert seen is not None and seen["argv"][:2] == ["-m", "torch.distributed.run"]
+
+
+@pytest.mark.parametrize("variable", ["DATA_ROOT", "PRETRAINED_CLIP"])
+def test_missing_required_variable(fake, variable):
+    result, seen = fake("lpr4m_icl_pmd", **{variable: None})
+    assert result.returncode != 0 and seen is None
+    assert f"{variable} is not set" in result.stderr
+
+    result, seen = fake("lpr4m_icl_pmd", **{variable: str(fake.tmp / "does_not_exist")})
+    assert result.returncode != 0 and seen is None
+    assert variable in result.stderr and "does_not_exist" in result.stderr
+
+
+def test_common_script_is_not_run_on_its_own():
+    result = subprocess.run(["bash", str(SCRIPTS / "train_common.sh")], capture_output=True, text=True)
+    assert result.returncode != 0
+    assert "train_" in result.stderr
+
+
+# --------------------------------------------------------------------------- configs
+
+def _config(recipe):
+    return yaml.safe_load((CONFIGS / f"{recipe}.yaml").read_text())
+
+
+def test_exactly_the_six_configs():
+    assert sorted(p.stem for p in CONFIGS.glob("*.yaml")) == sorted(RECIPES)
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_config_has_its_rows_flags(recipe):
+    cfg = _config(recipe)
+    assert isinstance(cfg, dict)
+    unknown = set(cfg) - CONTRACT_DESTS
+    assert not unknown, f"keys that are not flags of lpr4m_train.py: {unknown}"
+    assert not set(cfg) & PATH_KEYS, "no data, model or output paths in the configs"
+    dataset, row = recipe.split("_", 1)
+    assert cfg["dataset"] == dataset
+    if row == "icl":
+        assert cfg["sim_header"] == "mean_pooling" and cfg["one_stage"] is True
+        assert not cfg.get("recons_feat", False)
+    else:
+        assert cfg["sim_header"] == "cross_attention" and cfg["cross_num_hidden_layers"] == 2
+        assert not cfg.get("one_stage", False)
+        assert bool(cfg.get("recons_feat", False)) == (row == "icl_pmd_pfr")
+    # the v1 recipe (SPEC §4) at the README batch
+    expected = {"model_config": "ViT-B/32", "max_frames": 10, "batch_size": 96, "lr": 3e-4, "coef_lr": 1e-3,
+                "weight_decay": 0.2, "warmup_proportion": 0.1, "seed": 42}
+    assert {k: cfg[k] for k in expected} == expected
+    assert all(isinstance(cfg[k], float) for k in ("lr", "coef_lr", "weight_decay", "warmup_proportion"))
+    assert cfg["precision"] in ("bf16", "fp16")
+    assert isinstance(cfg["epochs"], int) and cfg["epochs"] >= 1
+    header = (CONFIGS / f"{recipe}.yaml").read_text().splitlines()[0]
+    assert header.startswith("#") and "README" in header
+
+
+@pytest.mark.parametrize("row", ROWS)
+def test_datasets_share_the_model_recipe(row):
+    lpr, mf = _config(f"lpr4m_{row}"), _config(f"movingfashion_{row}")
+    allowed = {"dataset", "epochs"}
+    assert {k: v for k, v in lpr.items() if k not in allowed} == {k: v for k, v in mf.items() if k not in allowed}
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_config_keys_and_values_match_the_real_parser(recipe):
+    """Every key is a destination of the training parser and a valid choice."""
+    parser = build_parser()
+    dests = {a.dest for a in parser._actions}
+    choices = {a.dest: a.choices for a in parser._actions if a.choices}
+    for key, value in _config(recipe).items():
+        assert key in dests, key
+        if key in choices:
+            assert value in choices[key], (key, value)
+
+
+# --------------------------------------------------------------------------- plot_logs
+
+def _write_log(path, records, tail=""):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in records) + tail)
+    return path
+
+
+def _train_records(steps, with_pmd):
+    out = []
+    for s in steps:
+        r = {"step": s, "epoch": s // 50, "loss": 5.0 / (1 + 0.05 * s), "icl": 4.0 / (1 + 0.05 * s),
+             "lr_encoder": 3e-7 * min(1.0, (s + 1) / 10), "lr_heads": 3e-4 * min(1.0, (s + 1) / 10),
+             "samples_per_s": 100.0, "mem_mb": 1000.0}
+        if with_pmd:
+            r.update(pmd=0.7 / (1 + 0.01 * s), pfr=0.1 / (1 + 0.01 * s))
+        out.append(r)
+    return out
+
+
+def test_plot_two_runs_with_validation(tmp_path):
+    a = _write_log(tmp_path / "lpr4m_icl" / "log.jsonl", _train_records(range(0, 100, 2), False)
+                   + [{"step": 50, "epoch": 0, "val": {"R1": 10.0, "R5": 30.0, "R10": 40.0}},
+                      {"step": 100, "epoch": 1, "val": {"R1": 14.0, "R5": 33.0, "R10": 45.0},
+                       "val_reranked": {"R1": 15.0, "R5": 34.0, "R10": 45.0}}])
+    # a resumed run: steps 40.. logged twice; only the later pass is drawn
+    b = _write_log(tmp_path / "lpr4m_icl_pmd_pfr" / "log.jsonl", _train_records(range(0, 60, 2), True)
+                   + _train_records(range(40, 100, 2), True))
+    out = plot_logs.main([str(a), str(b), "--output", str(tmp_path / "plots" / "curves.png")])
+    assert out == tmp_path / "plots" / "curves.png"
+    data = out.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(data) > 10_000
+
+
+def test_last_pass_keeps_the_later_records():
+    records = [{"step": s, "loss": 1.0, "pass": 1} for s in (0, 10, 20, 30)]
+    records += [{"step": s, "loss": 1.0, "pass": 2} for s in (20, 30, 40)]
+    kept = plot_logs._last_pass(records, Path("log.jsonl"))
+    assert [(r["step"], r["pass"]) for r in kept] == [(0, 1), (10, 1), (20, 2), (30, 2), (40, 2)]
+
+
+def test_read_log_names_the_malformed_line(tmp_path):
+    log = _write_log(tmp_path / "run" / "log.jsonl", _train_records([0, 1], False))
+    log.write_text(log.read_text() + "\n{\"step\": 2, \"loss\": \n" + json.dumps({"step": 3, "loss": 1.0}) + "\n")
+    with pytest.raises(ValueError, match=r"log\.jsonl:4: not a JSON record"):
+        plot_logs.read_log(log)
+    with pytest.raises(SystemExit, match=r"log\.jsonl:4"):
+        plot_logs.main([str(log), "--output", str(tmp_path / "c.png")])
+
+    log.write_text("[1, 2]\n")
+    with pytest.raises(ValueError, match=r"log\.jsonl:1: expected a JSON object"):
+        plot_logs.read_log(log)
+
+
+def test_read_log_skips_an_unfinished_last_line(tmp_path):
+    log = _write_log(tmp_path / "run" / "log.jsonl", _train_records([0, 1], False), tail='{"step": 2, "lo')
+    with pytest.warns(UserWarning, match=r"log\.jsonl:3: skipping an unfinished last line"):
+        records = plot_logs.read_log(log)
+    assert [r["step"] for r in records] == [0, 1]
+
+
+def test_missing_log_is_a_clear_error(tmp_path):
+    missing = tmp_path / "nope" / "log.jsonl"
+    with pytest.raises(FileNotFoundError, match="no such log file"):
+        plot_logs.read_log(missing)
+    with pytest.raises(SystemExit, match=r"error: .*nope.*no such log file"):
+        plot_logs.main([str(missing), "--output", str(tmp_path / "c.png")])
+    assert not (tmp_path / "c.png").exists()
+
+
+def test_log_without_training_records_is_an_error(tmp_path):
+    log = _write_log(tmp_path / "run" / "log.jsonl", [{"step": 5, "epoch": 0, "val": {"R1": 1.0}}])
+    with pytest.raises(SystemExit, match="no training records"):
+        plot_logs.main([str(log), "--output", str(tmp_path / "c.png")])
+
+
+def test_plot_logs_help_runs_as_a_script():
+    result = subprocess.run([sys.executable, str(ROOT / "tools" / "plot_logs.py"), "--help"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "log.jsonl" in result.stdout and "--output" in result.stdout
