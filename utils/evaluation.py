@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import os
 import socket
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +35,7 @@ from modules.checkpoint import CheckpointError, load_checkpoint
 from modules.rice import RICEModel
 from utils.eval_report import print_table, read_metrics, write_outputs
 from utils.features import PRECISIONS, Runtime, extract_features
-from utils.metrics import first_hit_ranks, rank_gallery, recall_at_k
+from utils.metrics import Ranking, first_hit_ranks, rank_gallery, recall_at_k
 from utils.rerank import pmd_scores, rerank
 
 DATASETS = {"lpr4m": "LPR4M (one gallery per livestream)", "movingfashion": "MovingFashion (one global gallery)"}
@@ -158,7 +159,6 @@ def evaluate(args: argparse.Namespace, dataset: str, runtime: Runtime) -> dict |
     model = RICEModel.from_checkpoint(ckpt, overrides).to(runtime.device).eval()
     config = model.config
     do_rerank = args.sim_header == "cross_attention" and not (args.embedding_sim or args.one_stage)
-    transform = build_transform(config.video_pooling, train=False, image_size=config.vision.image_size)
     runtime.log(
         f"checkpoint {ckpt.path}: format {ckpt.format}, {config.vision.image_size}px, width {config.vision.width}, "
         f"{config.vision.layers} layers; {config.video_pooling} transform and pooling; "
@@ -169,11 +169,59 @@ def evaluate(args: argparse.Namespace, dataset: str, runtime: Runtime) -> dict |
     if not split.queries or not split.gallery:
         raise DataError(f"{args.data_root}: found {len(split.queries)} queries and {len(split.gallery)} gallery "
                         "images; check --data_root")
+    found = retrieve(model, split, runtime, max_frames=args.max_frames, batch_size=args.batch_size,
+                     num_workers=args.num_workers, rerank_topk=args.rerank_topk if do_rerank else None,
+                     where=args.data_root)
+    results, ranking, pmd = found.results, found.ranking, found.pmd
+    query_ok, usable, query_feats, gallery_feats = found.query_ok, found.usable, found.query_feats, found.gallery_feats
+
+    if not runtime.is_main:
+        return None
+    counts = {
+        "num_queries": len(split.queries),
+        "num_missing_queries": int((~query_ok).sum()),
+        "num_gallery_images": len(split.gallery),
+        "num_missing_gallery_images": int((~usable).sum()),
+    }
+    info = {"dataset": dataset, "checkpoint": str(ckpt.path), "checkpoint_format": ckpt.format,
+            "video_pooling": config.video_pooling}
+    metrics = write_outputs(
+        Path(args.output_dir), args, info, counts, results, split, ranking, pmd,
+        (query_feats, query_ok, gallery_feats, usable) if args.save_features else None,
+    )
+    print_table(metrics)
+    return metrics
+
+
+@dataclass
+class Retrieval:
+    """What `retrieve` found: metrics and ranking, plus the features behind them."""
+
+    results: dict  # {"embedding": {"R1": ..}, ["reranked": {..}]} in percent
+    ranking: Ranking  # final ranking (re-ranked when PMD re-ranking ran)
+    pmd: np.ndarray | None  # PMD scores aligned with the ranking, or None
+    query_feats: torch.Tensor  # [Q, E]
+    query_ok: torch.Tensor  # [Q] bool: the query had a readable frame
+    gallery_feats: torch.Tensor  # [G, E], one row per gallery entry
+    usable: np.ndarray  # [G] bool: the gallery image could be read
+
+
+@torch.no_grad()
+def retrieve(model: RICEModel, split, runtime: Runtime, *, max_frames: int, batch_size: int, num_workers: int,
+             rerank_topk: int | None = None, where: str = "") -> Retrieval:
+    """Encode a split's queries and gallery, rank, and optionally re-rank the top K with PMD.
+
+    Runs in every process of the group (the encoding is split between them);
+    the results are the same on all. Pass the model in eval mode (dropout
+    off). `where` names the data in error messages.
+    """
+    config = model.config
+    transform = build_transform(config.video_pooling, train=False, image_size=config.vision.image_size)
     # Encode each distinct image file once, whatever the galleries that list it.
     image_number: dict[str, int] = {}
     image_of_gallery = np.array([image_number.setdefault(g.path, len(image_number)) for g in split.gallery])
     images = ImageDataset([GalleryImage("", path, "") for path in image_number], transform)
-    clips = ClipDataset(split.queries, transform, max_frames=args.max_frames)
+    clips = ClipDataset(split.queries, transform, max_frames=max_frames)
     device = runtime.device
 
     def encode_images(batch):
@@ -185,22 +233,22 @@ def evaluate(args: argparse.Namespace, dataset: str, runtime: Runtime) -> dict |
         emb, _, _ = model.encode_videos(batch["frames"].to(device), mask)
         return emb, mask.any(dim=1)
 
-    common = dict(runtime=runtime, num_workers=args.num_workers, collate_fn=collate_samples)
+    common = dict(runtime=runtime, num_workers=num_workers, collate_fn=collate_samples)
     image_feats, image_ok = extract_features(
-        images, encode_images, batch_size=args.batch_size * args.max_frames, desc="gallery", **common
+        images, encode_images, batch_size=batch_size * max_frames, desc="gallery", **common
     )
-    query_feats, query_ok = extract_features(clips, encode_clips, batch_size=args.batch_size, desc="queries", **common)
+    query_feats, query_ok = extract_features(clips, encode_clips, batch_size=batch_size, desc="queries", **common)
 
     if not (torch.isfinite(image_feats[image_ok]).all() and torch.isfinite(query_feats[query_ok]).all()):
-        raise FlagError(f"features contain NaN or inf with --precision {args.precision}; try --precision fp32")
+        raise FlagError(f"features contain NaN or inf with --precision {runtime.precision}; try --precision fp32")
     gallery_feats = image_feats[image_of_gallery]
     usable = image_ok.numpy()[image_of_gallery]  # unreadable gallery images cannot be retrieved
     gallery_ids = [g.image_id for g in split.gallery]
     kept = np.flatnonzero(usable)
     if len(kept) == 0:
-        raise DataError(f"{args.data_root}: none of the {len(split.gallery)} gallery images could be read")
+        raise DataError(f"{where}: none of the {len(split.gallery)} gallery images could be read")
     per_group = split.per_group
-    depth = max(RANKING_DEPTH, args.rerank_topk if do_rerank else 0)
+    depth = max(RANKING_DEPTH, rerank_topk or 0)
     ranking = rank_gallery(
         query_feats,
         gallery_feats[torch.from_numpy(kept)],
@@ -220,28 +268,12 @@ def evaluate(args: argparse.Namespace, dataset: str, runtime: Runtime) -> dict |
     results = {"embedding": recall_at_k(first_hit_ranks(ranking, gallery_ids, gts), depth=RANKING_DEPTH)}
 
     pmd = None
-    if do_rerank:
-        raw = pmd_scores(model, ranking, args.rerank_topk, clips, images, image_of_gallery, runtime, collate_samples,
-                         num_workers=args.num_workers)
+    if rerank_topk:
+        raw = pmd_scores(model, ranking, rerank_topk, clips, images, image_of_gallery, runtime, collate_samples,
+                         num_workers=num_workers)
         ranking, pmd = rerank(ranking, raw)
         results["reranked"] = recall_at_k(first_hit_ranks(ranking, gallery_ids, gts), depth=RANKING_DEPTH)
-
-    if not runtime.is_main:
-        return None
-    counts = {
-        "num_queries": len(split.queries),
-        "num_missing_queries": int((~query_ok).sum()),
-        "num_gallery_images": len(split.gallery),
-        "num_missing_gallery_images": int((~usable).sum()),
-    }
-    info = {"dataset": dataset, "checkpoint": str(ckpt.path), "checkpoint_format": ckpt.format,
-            "video_pooling": config.video_pooling}
-    metrics = write_outputs(
-        Path(args.output_dir), args, info, counts, results, split, ranking, pmd,
-        (query_feats, query_ok, gallery_feats, usable) if args.save_features else None,
-    )
-    print_table(metrics)
-    return metrics
+    return Retrieval(results, ranking, pmd, query_feats, query_ok, gallery_feats, usable)
 
 
 # --------------------------------------------------------------------------- launching
