@@ -5,8 +5,8 @@
 Each benchmark runs in its own process (so peak-memory figures are its own)
 and its printed table is copied into the report under a heading, with the
 machine it ran on. Half precision is measured only where the hardware has it
-(a GPU, or a CPU with AVX-512 kernels): on AVX2-only CPUs bf16 matmuls are
-emulated and a ViT-B/32 training step takes many minutes. `--precisions`
+(a GPU, or a CPU with bf16 instructions: AVX512-BF16 or AMX): on other CPUs
+bf16 matmuls are emulated and a ViT-B/32 training step takes many minutes. `--precisions`
 overrides that choice.
 """
 
@@ -41,9 +41,11 @@ def machine_description(device: str) -> str:
 
 
 def default_precisions(device: str) -> list[str]:
-    import torch
+    if str(ROOT) not in sys.path:  # run as `python benchmarks/run_all.py`
+        sys.path.insert(0, str(ROOT))
+    from benchmarks.bench_train import native_bf16_cpu
 
-    native_half = device == "cuda" or "AVX512" in torch.backends.cpu.get_cpu_capability()
+    native_half = device == "cuda" or native_bf16_cpu()
     return ["fp32", "bf16"] if native_half else ["fp32"]
 
 
