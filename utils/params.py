@@ -122,8 +122,9 @@ def _config_defaults(parser: argparse.ArgumentParser, path: str) -> dict:
         raise SystemExit(f"error: --config {path}: unknown keys {unknown} (keys are flag names without '--', "
                          "e.g. sim_header, batch_size)")
     choices = {a.dest: a.choices for a in parser._actions if a.choices}
+    unset = {a.dest for a in parser._actions if a.default is None}  # None means "not given" (args.yaml)
     for key, value in values.items():
-        if key in choices and value not in choices[key]:
+        if key in choices and value not in choices[key] and not (value is None and key in unset):
             raise SystemExit(f"error: --config {path}: {key}: {value!r} is not one of {list(choices[key])}")
     return values
 

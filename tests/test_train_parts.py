@@ -1,0 +1,199 @@
+"""The training library's parts against independent oracles: schedule, parameter groups,
+gradient accumulation, clipping, precision, checkpoint files and logs."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from modules.clip_vit import VISION_CONFIGS
+from modules.rice import RICEConfig, RICEModel
+from utils.checkpointing import (atomic_save, epoch_checkpoints, load_training_state, prune_epoch_checkpoints,
+                                 rng_state, set_rng_state)
+from utils.engine import EpochSampler, train_step
+from utils.logging import TrainLogger, read_log
+from utils.optim import build_optimizer
+from utils.precision import Precision
+from utils.scheduler import lr_factor, set_lr
+
+CPU = torch.device("cpu")
+
+
+def _model(**kw) -> RICEModel:
+    torch.manual_seed(0)
+    return RICEModel(RICEConfig(vision=VISION_CONFIGS["tiny"], **kw))
+
+
+def _batch(n: int, frames: int = 2, seed: int = 1) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.ones(n, frames, dtype=torch.bool)
+    mask[0, 1:] = False  # one padded clip
+    return {"image": torch.randn(n, 3, 64, 64, generator=g), "frames": torch.randn(n, frames, 3, 64, 64, generator=g),
+            "frame_mask": mask}
+
+
+def test_lr_schedule_matches_the_formula():
+    total, warmup = 20, 4
+    for step in range(total):
+        if step < warmup:
+            expected = (step + 1) / warmup
+        else:
+            expected = 0.5 * (1 + math.cos(math.pi * (step - warmup) / (total - warmup)))
+        assert lr_factor(step, total, warmup) == pytest.approx(expected)
+    assert lr_factor(total, total, warmup) == pytest.approx(0.0)
+    assert lr_factor(0, 10, 0) == pytest.approx(1.0)  # no warm-up
+    opt = torch.optim.SGD([{"params": [torch.zeros(1, requires_grad=True)], "base_lr": 2.0, "lr": 0.0}])
+    set_lr(opt, 1, total, warmup)
+    assert opt.param_groups[0]["lr"] == pytest.approx(2.0 * 2 / 4)
+
+
+def test_parameter_groups_follow_the_v1_rules():
+    model = _model(sim_header="cross_attention", recons_feat=True)
+    opt = build_optimizer(model, lr=3e-4, coef_lr=1e-3, weight_decay=0.2)
+    names = {id(p): n for n, p in model.named_parameters()}
+    seen = [names[id(p)] for g in opt.param_groups for p in g["params"]]
+    assert sorted(seen) == sorted(names.values())  # every parameter, exactly once
+    for group in opt.param_groups:
+        assert group["betas"] == (0.9, 0.98) and group["eps"] == 1e-6
+        for p in group["params"]:
+            name = names[id(p)]
+            # Oracle: biases, LayerNorms (CLIP's ln_*, the PMD's LayerNorms) and embeddings are not decayed.
+            no_decay = p.ndim == 1 or "embedding" in name
+            assert (group["weight_decay"] == 0.0) == no_decay, name
+            assert group["lr"] == pytest.approx(3e-7 if name.startswith("visual.") else 3e-4), name
+    decayed = {names[id(p)] for g in opt.param_groups if g["weight_decay"] for p in g["params"]}
+    assert {"visual.conv1.weight", "visual.proj", "visual.transformer.resblocks.0.attn.in_proj_weight",
+            "recons_weights.conv.0.weight", "similarity_dense.weight"} <= decayed
+    assert not decayed & {"visual.ln_pre.weight", "visual.positional_embedding", "visual.class_embedding",
+                          "cross.embeddings.position_embeddings.weight"}
+
+
+def _grads(model) -> dict[str, torch.Tensor]:
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def test_accumulation_is_the_mean_of_the_micro_batch_gradients():
+    batch = _batch(8)
+    model = _model(sim_header="cross_attention", recons_feat=True).eval()  # no dropout: comparable passes
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    losses = train_step(model, batch, opt, Precision("fp32", CPU), accumulation=2, clip_grad_norm=0, device=CPU)
+    accumulated = _grads(model)
+
+    # Oracle: each half on its own, gradients averaged.
+    expected, loss_sum = {}, 0.0
+    for half in (slice(0, 4), slice(4, 8)):
+        model.zero_grad()
+        out = model(batch["image"][half], batch["frames"][half], batch["frame_mask"][half])
+        out["loss"].backward()
+        loss_sum += out["loss"].item()
+        for name, grad in _grads(model).items():
+            expected[name] = expected.get(name, 0) + grad / 2
+    assert losses["loss"].item() == pytest.approx(loss_sum / 2, rel=1e-6)
+    assert accumulated.keys() == expected.keys()
+    for name in expected:
+        torch.testing.assert_close(accumulated[name], expected[name], rtol=1e-5, atol=1e-7)
+
+
+def test_gradient_clipping_applies_to_the_whole_model():
+    batch = _batch(4)
+    model = _model(sim_header="cross_attention").eval()
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    out = train_step(model, batch, opt, Precision("fp32", CPU), accumulation=1, clip_grad_norm=0.5, device=CPU)
+    after = torch.linalg.vector_norm(torch.stack([g.norm() for g in _grads(model).values()]))
+    assert out["grad_norm"].item() > 0.5
+    assert after.item() == pytest.approx(0.5, rel=1e-4)
+    out = train_step(model, batch, opt, Precision("fp32", CPU), accumulation=1, clip_grad_norm=0, device=CPU)
+    after = torch.linalg.vector_norm(torch.stack([g.norm() for g in _grads(model).values()]))
+    assert after.item() == pytest.approx(out["grad_norm"].item(), rel=1e-4)
+
+
+def test_bf16_autocast_runs_and_losses_stay_fp32():
+    batch = _batch(4)
+    model = _model(sim_header="cross_attention", recons_feat=True).eval()
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    fp32 = train_step(model, batch, opt, Precision("fp32", CPU), 1, 0, CPU)
+    bf16 = train_step(model, batch, opt, Precision("bf16", CPU), 1, 0, CPU)
+    for name in ("icl", "pmd", "pfr", "loss"):
+        assert bf16[name].dtype == torch.float32
+        assert bf16[name].item() != fp32[name].item()  # the encoder really ran in bf16
+        assert bf16[name].item() == pytest.approx(fp32[name].item(), rel=0.1, abs=0.05)
+
+
+def test_fp16_precision_scales_the_loss_and_round_trips_its_state():
+    precision = Precision("fp16", CPU)
+    assert precision.scaler is not None and Precision("bf16", CPU).scaler is None
+    weight = torch.nn.Parameter(torch.ones(3))
+    opt = torch.optim.SGD([weight], lr=0.0)
+    precision.backward((weight * 2).sum())
+    assert torch.equal(weight.grad, torch.full((3,), 2.0 * precision.scaler.get_scale()))
+    precision.unscale_(opt)
+    assert torch.equal(weight.grad, torch.full((3,), 2.0))
+    precision.step(opt)
+    state = precision.state_dict()
+    other = Precision("fp16", CPU)
+    other.load_state_dict(state)
+    assert other.scaler.get_scale() == precision.scaler.get_scale()
+
+
+def test_epoch_sampler_shards_shuffles_and_skips():
+    shards = [EpochSampler(50, world_size=2, rank=r, local_batch=4, seed=7) for r in range(2)]
+    for s in shards:
+        s.set_epoch(3)
+    a, b = list(shards[0]), list(shards[1])
+    assert len(a) == len(b) == 24 and not set(a) & set(b)  # 6 batches of 4 each, disjoint
+    shards[0].set_epoch(4)
+    assert list(shards[0]) != a  # another epoch, another order
+    shards[0].set_epoch(3, start_batch=2)
+    assert list(shards[0]) == a[8:] and len(shards[0]) == 16
+
+
+def test_atomic_save_and_training_state_checks(tmp_path):
+    path = tmp_path / "ckpt" / "last.pt"
+    atomic_save({"format": "rice-repro", "model": {}, "step": 1}, path)
+    atomic_save({"format": "rice-repro", "model": {}, "step": 2}, path)
+    assert [p.name for p in path.parent.iterdir()] == ["last.pt"]  # no temporary file left
+    with pytest.raises(ValueError, match="not a training checkpoint .* use --init_model"):
+        load_training_state(path)
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="cannot read this training checkpoint"):
+        load_training_state(tmp_path / "junk.pt")
+
+
+def test_prune_keeps_the_newest_epochs(tmp_path):
+    for e in (1, 2, 3, 10):
+        (tmp_path / f"epoch_{e}.pt").write_bytes(b"x")
+    (tmp_path / "last.pt").write_bytes(b"x")
+    assert [p.name for p in prune_epoch_checkpoints(tmp_path, keep=2)] == ["epoch_1.pt", "epoch_2.pt"]
+    assert [p.name for p in epoch_checkpoints(tmp_path)] == ["epoch_3.pt", "epoch_10.pt"]
+    assert prune_epoch_checkpoints(tmp_path, keep=0) == [] and (tmp_path / "last.pt").exists()
+
+
+def test_rng_state_round_trip_through_a_file(tmp_path):
+    import random
+
+    import numpy as np
+
+    torch.manual_seed(5)
+    state = rng_state()
+    atomic_save({"rng": state}, tmp_path / "rng.pt")
+    expected = (torch.rand(3), np.random.rand(), random.random())
+    set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True)["rng"])
+    got = (torch.rand(3), np.random.rand(), random.random())
+    assert torch.equal(expected[0], got[0]) and expected[1:] == got[1:]
+
+
+def test_log_reader_and_resume_truncation(tmp_path):
+    log = tmp_path / "log.jsonl"
+    log.write_text("".join(json.dumps({"step": s, "loss": 1.0 / s}) + "\n" for s in range(1, 6)))
+    logger = TrainLogger(tmp_path, enabled=True, tensorboard=False, resume_step=3)
+    logger.log({"step": 4, "loss": 0.5})
+    assert [r["step"] for r in read_log(log)] == [1, 2, 3, 4]
+    log.write_text('{"step": 1}\nnot json\n{"step": 2}\n')
+    with pytest.raises(ValueError, match=r"log.jsonl:2: not a JSON record"):
+        read_log(log)
+    log.write_text('{"step": 1}\n{"step": 2, "lo')  # killed mid-write: the last line is dropped
+    with pytest.warns(UserWarning, match="unfinished last line"):
+        assert [r["step"] for r in read_log(log)] == [1]
