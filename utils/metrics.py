@@ -68,9 +68,12 @@ def stable_topk(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tenso
     rows, cols = scores.shape
     if not 1 <= k <= cols:
         raise ValueError(f"k={k} must be between 1 and the number of columns ({cols})")
-    values, columns = scores.topk(k, dim=1)
+    # One more than needed: a row has a tie at the boundary exactly when its
+    # (k+1)-th largest value equals its k-th (cheaper than a pass over the row).
+    values, columns = scores.topk(min(k + 1, cols), dim=1)
+    tied = (values[:, k] == values[:, k - 1]).nonzero().flatten() if k < cols else columns.new_empty(0)
+    values, columns = values[:, :k], columns[:, :k]
     threshold = values[:, -1:]  # [R, 1] the k-th largest value
-    tied = ((scores >= threshold).sum(dim=1) > k).nonzero().flatten()
     if len(tied):
         t_scores, t_threshold = scores[tied], threshold[tied]
         above, ties = t_scores > t_threshold, t_scores == t_threshold
