@@ -331,3 +331,10 @@ def test_config_yaml_is_overridden_by_the_command_line(small_data, tmp_path):
     config.write_text("sim_headr: cross_attention\n")
     with pytest.raises(SystemExit, match="unknown keys \\['sim_headr'\\]"):
         _run(small_data, tmp_path / "bad", "--config", str(config))
+
+
+def test_resume_with_other_model_flags_is_a_clear_error(small_data, tmp_path):
+    _run(small_data, tmp_path / "icl", steps=1)
+    with pytest.raises(SystemExit, match="holds another model than these flags build"):
+        _run(small_data, tmp_path / "pmd", "--sim_header", "cross_attention", "--resume",
+             str(tmp_path / "icl" / "checkpoints" / "last.pt"), steps=2)

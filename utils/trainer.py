@@ -198,7 +198,15 @@ def train(args: argparse.Namespace, env: DistEnv) -> dict:
     resume_path = _resume_path(args, ckpt_dir)
     if resume_path is not None:
         state = load_training_state(resume_path)
-        model.load_state_dict(state["model"])
+        try:
+            model.load_state_dict(state["model"])
+        except RuntimeError as err:
+            raise TrainingError(f"--resume {resume_path} holds another model than these flags build; resume with "
+                                f"the run's own flags (its args.yaml works as --config): {str(err)[:300]}") from None
+        saved_batch = state.get("args", {}).get("batch_size")
+        if saved_batch not in (None, args.batch_size):
+            log.warning("resuming a run trained with --batch_size %s with %d: the rest of this epoch's data "
+                        "order is not the one the original run would have used", saved_batch, args.batch_size)
         optimizer.load_state_dict(state["optimizer"])
         precision.load_state_dict(state["scaler"])
         step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
