@@ -208,21 +208,35 @@ class RICEModel(nn.Module):
     # ---------------------------------------------------------------- training
     def forward(self, images: torch.Tensor, frames: torch.Tensor, frame_mask: torch.Tensor) -> dict:
         """One training step's losses for B local pairs (images [B,3,H,W], frames [B,T,3,H,W], mask [B,T])."""
+        return self.pair_losses(self.encode_pairs(images, frames, frame_mask))
+
+    def encode_pairs(self, images: torch.Tensor, frames: torch.Tensor, frame_mask: torch.Tensor) -> dict:
+        """The features the losses need, from one encoder pass over the images and the valid frames.
+
+        Returns {"image_emb" [B,E], "video_emb" [B,E] (L2-normalised), and with
+        PMD "image_tokens" [B,N,E], "video_tokens" [B,T*N,E], "token_mask"
+        [B,T*N] bool}. Padded frames are never encoded.
+        """
         size = self.config.vision.image_size
         _check_images(images, size)
         _check_frames(frames, frame_mask, size)
         if frames.shape[0] != images.shape[0]:
             raise ValueError(f"{images.shape[0]} images but {frames.shape[0]} videos; pairs must align")
         b, want_tokens = images.shape[0], self.cross is not None
-
-        # One encoder pass over the images and the valid frames (padded frames are never encoded).
         emb, tok = self.visual(torch.cat([images, frames[frame_mask]]), want_tokens)
-        image_emb = nn.functional.normalize(emb[:b], dim=-1)
-        image_tokens = tok[:b] if want_tokens else None
+        features = {"image_emb": nn.functional.normalize(emb[:b], dim=-1)}
         video_emb, video_tokens, token_mask = self._video_outputs(
             emb[b:], tok[b:] if want_tokens else None, frame_mask
         )
+        features["video_emb"] = video_emb
+        if want_tokens:
+            features.update(image_tokens=tok[:b], video_tokens=video_tokens, token_mask=token_mask)
+        return features
 
+    def pair_losses(self, features: dict) -> dict:
+        """The named losses of B local pairs from `encode_pairs`' features (against the global batch)."""
+        image_emb, video_emb = features["image_emb"], features["video_emb"]
+        b, device = image_emb.shape[0], image_emb.device
         offset = get_rank() * b  # global index of the first local pair
         all_video_emb = all_gather_with_grad(video_emb)
         icl = contrastive_loss(
@@ -231,12 +245,14 @@ class RICEModel(nn.Module):
         losses = {"icl": icl}
         total = icl
         if self.cross is not None:
-            with torch.autocast(device_type=images.device.type, enabled=False):
+            image_tokens = features["image_tokens"]
+            with torch.autocast(device_type=device.type, enabled=False):
                 similarity = at_least_fp32(image_emb.detach()) @ at_least_fp32(all_video_emb.detach()).T  # [B, G]
-            positives = torch.arange(b, device=images.device) + offset
+            positives = torch.arange(b, device=device) + offset
             candidates = hard_negative_candidates(similarity, positives, self.config.num_hard_negatives)
             scores, pfr_sum = self._score_candidates(
-                image_tokens, all_gather_with_grad(video_tokens), all_gather(token_mask), candidates
+                image_tokens, all_gather_with_grad(features["video_tokens"]), all_gather(features["token_mask"]),
+                candidates
             )
             losses["pmd"] = matching_loss(scores, self.config.logit_scale)
             total = total + self.config.pmd_weight * losses["pmd"]

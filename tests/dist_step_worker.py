@@ -2,8 +2,9 @@
 
 Run by `torchrun --nproc_per_node N tests/dist_step_worker.py IN OUT`. IN holds the
 model config, its weights and the whole batch; rank r takes pairs
-[r·B/N, (r+1)·B/N). Rank 0 writes the losses (averaged over ranks) and the
-gradients (averaged over ranks by DDP) to OUT.
+[r·B/N, (r+1)·B/N). Rank 0 writes the losses (averaged over ranks), the
+gradients (averaged over ranks by DDP), and the gradients of the same step
+taken through the gradient-accumulation path (one pair per micro-batch) to OUT.
 """
 
 import sys
@@ -14,6 +15,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 from modules.rice import RICEConfig, RICEModel
 from utils.distributed import all_reduce_mean, get_rank, get_world_size
+from utils.engine import _accumulated_backward
+from utils.precision import Precision
 
 
 def main(argv: list[str]) -> None:
@@ -32,9 +35,17 @@ def main(argv: list[str]) -> None:
     losses["loss"].backward()  # DDP averages the gradients over ranks here
 
     losses = {k: all_reduce_mean(v) for k, v in losses.items()}
+    grads = {k: p.grad.clone() for k, p in model.named_parameters()}
+
+    # The same step through the gradient cache of --gradient_accumulation_steps (one pair per micro-batch).
+    model.zero_grad()
+    shard_size = shard.stop - shard.start
+    _accumulated_backward(ddp, data["images"][shard], data["frames"][shard], data["frame_mask"][shard],
+                          Precision("fp32", torch.device("cpu")), accumulation=shard_size)
+    accumulated = {k: p.grad.clone() for k, p in model.named_parameters()}
     if rank == 0:
-        grads = {k: p.grad for k, p in model.named_parameters()}
-        torch.save({"losses": losses, "grads": grads, "world_size": world}, out_path)
+        torch.save({"losses": losses, "grads": grads, "accumulated_grads": accumulated, "world_size": world},
+                   out_path)
     dist.destroy_process_group()
 
 

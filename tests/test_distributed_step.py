@@ -50,6 +50,8 @@ def test_two_process_step_equals_single_process_step(tmp_path):
         torch.testing.assert_close(result["losses"][k], v.detach(), atol=1e-5, rtol=0, msg=k)
     for k, p in model.named_parameters():
         torch.testing.assert_close(result["grads"][k], p.grad, atol=1e-5, rtol=0, msg=k)
+        # Gradient accumulation across processes: still the whole global batch's gradient.
+        torch.testing.assert_close(result["accumulated_grads"][k], p.grad, atol=1e-5, rtol=0, msg=f"accumulated {k}")
 
 
 def test_helpers_without_process_group_are_identity():

@@ -61,8 +61,9 @@ def _check_run(out: Path, digests: list[list[str]]) -> None:
 
 def test_torchrun_two_processes_one_node(small_data, tmp_path):
     out = tmp_path / "run"
+    # With gradient accumulation: the gradient cache bypasses DDP's own sync and averages by itself.
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(WORKER), str(tmp_path / "digests"), *_train_args(small_data, out)]
+           str(WORKER), str(tmp_path / "digests"), *_train_args(small_data, out), "--gradient_accumulation_steps", "2"]
     proc = subprocess.run(cmd, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=TIMEOUT)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "2 processes x 4 pairs" in proc.stderr

@@ -1,21 +1,24 @@
 """One optimizer step, and the data order that makes a resumed run exact.
 
-`train_step` runs the forward/backward passes of one global batch (split into
-micro-batches with gradient accumulation), clips the gradient norm and steps
-the optimizer. `EpochSampler` gives this process its share of an epoch's
-shuffled order, starting at any batch, so a run resumed mid-epoch sees
-exactly the batches the uninterrupted run would have seen.
+`train_step` runs the forward/backward passes of one batch (with gradient
+accumulation the encoder runs over micro-batches, and the gradient still
+equals the whole batch's), clips the gradient norm and steps the optimizer.
+`EpochSampler` gives this process its share of an epoch's shuffled order,
+starting at any batch, so a run resumed mid-epoch sees exactly the batches the
+uninterrupted run would have seen.
 """
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 
 import torch
+import torch.distributed as dist
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler, Sampler
 
+from utils.distributed import is_distributed
 from utils.precision import Precision
 
 
@@ -45,34 +48,24 @@ class EpochSampler(Sampler):
         return self.batches_per_epoch * self.local_batch - self.skip
 
 
-def micro_batches(batch: dict, accumulation: int) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Split a collated batch into `accumulation` equal (images, frames, frame_mask) chunks."""
-    parts = [batch[key].chunk(accumulation) for key in ("image", "frames", "frame_mask")]
-    return list(zip(*parts))
-
-
 def train_step(model: nn.Module, batch: dict, optimizer: torch.optim.Optimizer, precision: Precision,
                accumulation: int, clip_grad_norm: float, device: torch.device) -> dict[str, torch.Tensor]:
-    """Forward/backward over the micro-batches, clip, step. Returns the mean of each loss (detached).
+    """Forward/backward of one batch, clip, step. Returns each loss (detached) and `grad_norm` (before clipping).
 
-    Each micro-batch's loss is divided by the number of micro-batches, so the
-    accumulated gradient is the mean of the micro-batch gradients. With
-    DistributedDataParallel the gradient all-reduce runs once, after the last
-    micro-batch. `grad_norm` (before clipping) is returned with the losses.
+    `model` is a RICEModel, possibly wrapped in DistributedDataParallel. With
+    `accumulation` > 1 the encoder runs over micro-batches so that only one
+    micro-batch's encoder activations are alive at a time, and the gradient is
+    still EXACTLY that of the whole batch (see `_accumulated_backward`).
     """
     optimizer.zero_grad(set_to_none=True)
-    totals: dict[str, torch.Tensor] = {}
-    chunks = micro_batches(batch, accumulation)
-    for i, (images, frames, mask) in enumerate(chunks):
-        last = i == len(chunks) - 1
-        sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
-        with sync:
-            with precision.autocast():
-                losses = model(images.to(device, non_blocking=True), frames.to(device, non_blocking=True),
-                               mask.to(device, non_blocking=True))
-            precision.backward(losses["loss"] / accumulation)
-        for name, value in losses.items():
-            totals[name] = totals.get(name, 0.0) + value.detach().float() / accumulation
+    images, frames, mask = (batch[key].to(device, non_blocking=True) for key in ("image", "frames", "frame_mask"))
+    if accumulation == 1:
+        with precision.autocast():
+            losses = model(images, frames, mask)
+        precision.backward(losses["loss"])
+    else:
+        losses = _accumulated_backward(model, images, frames, mask, precision, accumulation)
+    totals = {name: value.detach().float() for name, value in losses.items()}
     precision.unscale_(optimizer)
     params = [p for group in optimizer.param_groups for p in group["params"]]
     if clip_grad_norm > 0:
@@ -81,3 +74,57 @@ def train_step(model: nn.Module, batch: dict, optimizer: torch.optim.Optimizer, 
         totals["grad_norm"] = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
     precision.step(optimizer)
     return totals
+
+
+def _accumulated_backward(model, images, frames, mask, precision: Precision, accumulation: int) -> dict:
+    """Whole-batch gradients with the encoder run one micro-batch at a time (a gradient cache).
+
+    1. Encode every micro-batch without gradient and concatenate the features.
+    2. Compute the losses on those features, made leaves that require grad, and
+       backpropagate: this gives the heads' gradients and dLoss/dfeatures, with
+       every negative of the whole batch (and, across processes, of the global
+       batch) in place.
+    3. Encode each micro-batch again with gradient and backpropagate its slice
+       of dLoss/dfeatures into the encoder. The encoder has no dropout, so the
+       second pass reproduces the first, and the summed gradient is the
+       whole-batch gradient.
+    Under DistributedDataParallel the wrapper's own gradient sync is not used
+    (its forward is bypassed); the gradients are averaged over processes here.
+    """
+    core = model.module if isinstance(model, DistributedDataParallel) else model
+    chunks = list(zip(images.chunk(accumulation), frames.chunk(accumulation), mask.chunk(accumulation)))
+    with torch.no_grad(), precision.autocast():
+        parts = [core.encode_pairs(*chunk) for chunk in chunks]
+    leaves = {key: _leaf(torch.cat([p[key] for p in parts])) for key in parts[0]}
+    with precision.autocast():
+        losses = core.pair_losses(leaves)
+    precision.backward(losses["loss"])
+    start = 0
+    for chunk in chunks:
+        size = chunk[0].shape[0]
+        with precision.autocast():
+            features = core.encode_pairs(*chunk)
+        pairs = [(features[k], leaves[k].grad[start:start + size]) for k in features if leaves[k].grad is not None]
+        torch.autograd.backward([f for f, _ in pairs], [g.to(f.dtype) for f, g in pairs])
+        start += size
+    if is_distributed():
+        _average_gradients(core)
+    return losses
+
+
+def _leaf(features: torch.Tensor) -> torch.Tensor:
+    """A detached copy that collects gradient (bool masks stay as they are)."""
+    features = features.detach()
+    return features.requires_grad_() if features.is_floating_point() else features
+
+
+def _average_gradients(model: nn.Module) -> None:
+    """All-reduce the mean gradient over processes in one flat buffer."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= dist.get_world_size()
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset:offset + g.numel()].view_as(g))
+        offset += g.numel()

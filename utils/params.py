@@ -68,8 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     optim.add_argument("--batch_size", type=int, default=96,
                        help="GLOBAL batch of (image, clip) pairs per optimizer step, split over all processes")
     optim.add_argument("--gradient_accumulation_steps", type=int, default=1,
-                       help="split each process's share of the batch into this many micro-batches "
-                       "(ICL and PMD negatives then come from each micro-batch)")
+                       help="run the encoder over this many micro-batches of each process's share (less "
+                       "activation memory); the gradient still equals the whole batch's (gradient cache: "
+                       "the encoder runs twice)")
     optim.add_argument("--lr", type=float, default=3e-4, help="learning rate of the new modules (PMD, PFR)")
     optim.add_argument("--coef_lr", type=float, default=1e-3, help="the CLIP encoder learns at lr * coef_lr")
     optim.add_argument("--weight_decay", type=float, default=0.2,
