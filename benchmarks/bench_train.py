@@ -19,10 +19,14 @@ size (224 px for ViT-B/32), collated as the loader does ({"image", "frames",
 
 A configuration is a precision (fp32, bf16, fp16 -- fp16 on CUDA only),
 optionally with `+ckpt` for gradient checkpointing (encoder blocks and PMD
-chunks recomputed in the backward pass). Each one runs in its own
-subprocess: one warm-up step (allocates the optimizer state), then `--steps`
-timed steps. Printed per configuration: seconds per step (mean of the timed
-steps), pairs per second, peak memory, torch threads and the loss of the last
+chunks recomputed in the backward pass) and/or `+accN` for gradient
+accumulation over N micro-batches (the exact gradient cache of
+`--gradient_accumulation_steps`: less encoder activation memory, a second
+encoder forward). Each one runs in its own
+subprocess: `--warmup` untimed steps (the first allocates the optimizer state;
+on a CPU the next one or two are still slower while the allocator settles),
+then `--steps` timed steps. Printed per configuration: seconds per step (mean
+of the timed steps), pairs per second, peak memory, torch threads and the loss of the last
 step. Peak memory is `torch.cuda.max_memory_allocated` on CUDA, and on CPU
 the process's peak resident set (VmHWM in /proc/self/status), which includes
 the interpreter, torch and the model, over the whole run.
@@ -60,11 +64,20 @@ REFERENCE = ("reference (authors' code, this 2-core CPU): 0.47 pairs/s fp32 (4.9
 
 
 def config(text: str) -> str:
-    """Validate a configuration name: a precision, optionally followed by `+ckpt`."""
-    precision, _, suffix = text.partition("+")
-    if precision not in ("fp32", "bf16", "fp16") or suffix not in ("", "ckpt"):
-        raise argparse.ArgumentTypeError(f"{text!r}: expected fp32, bf16 or fp16, optionally with +ckpt")
+    """Validate a configuration name: a precision, then optionally `+ckpt` and/or `+accN`."""
+    precision, *options = text.split("+")
+    valid = all(o == "ckpt" or (o.startswith("acc") and o[3:].isdigit() and int(o[3:]) >= 1) for o in options)
+    if precision not in ("fp32", "bf16", "fp16") or not valid or len(set(options)) != len(options):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected fp32, bf16 or fp16, optionally with +ckpt "
+                                         "and/or +accN (N micro-batches)")
     return text
+
+
+def _options(name: str) -> tuple[str, bool, int]:
+    """(precision, gradient checkpointing, accumulation steps) of a configuration name."""
+    precision, *options = name.split("+")
+    accumulation = next((int(o[3:]) for o in options if o.startswith("acc")), 1)
+    return precision, "ckpt" in options, accumulation
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -72,15 +85,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--model", default="ViT-B/32", choices=sorted(VISION_CONFIGS), help="encoder configuration")
     p.add_argument("--batch", type=int, default=4, help="pairs per step")
     p.add_argument("--frames", type=int, default=10, help="frames per video")
-    p.add_argument("--steps", type=int, default=2, help="timed steps after one warm-up step")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps first")
+    p.add_argument("--steps", type=int, default=3, help="timed steps after the warm-up")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--configs", nargs="+", type=config, default=None,
-                   help="precision[+ckpt] to run, e.g. fp32 fp32+ckpt bf16 bf16+ckpt "
+                   help="precision[+ckpt][+accN] to run, e.g. fp32 fp32+ckpt fp32+acc4 bf16 bf16+ckpt "
                         "(default: fp32, fp32+ckpt, and bf16, bf16+ckpt where half precision is native)")
     p.add_argument("--one", type=config, default=None, help=argparse.SUPPRESS)  # child process: one configuration
     args = p.parse_args(argv)
-    if args.batch < 1 or args.frames < 1 or args.steps < 1:
-        p.error("--batch, --frames and --steps must be >= 1")
+    if args.batch < 1 or args.frames < 1 or args.steps < 1 or args.warmup < 1:
+        p.error("--batch, --frames, --warmup and --steps must be >= 1")
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda but CUDA is not available")
     if args.device == "cpu" and any(c.startswith("fp16") for c in args.configs or [args.one or ""]):
@@ -124,32 +138,35 @@ def random_batch(vision, batch: int, frames: int, device: torch.device) -> dict[
 
 def run_one(args: argparse.Namespace, name: str) -> None:
     """Build the model, run 1 warm-up + `args.steps` timed steps, print one table row."""
-    precision_name, _, ckpt = name.partition("+")
+    precision_name, ckpt, accumulation = _options(name)
+    if args.batch % accumulation:
+        raise SystemExit(f"{name}: --batch {args.batch} is not divisible into {accumulation} micro-batches")
     device = torch.device(args.device)
     torch.manual_seed(0)
     vision = VISION_CONFIGS[args.model]
     model = RICEModel(RICEConfig(vision=vision, sim_header="cross_attention", recons_feat=True)).to(device)
-    model.set_grad_checkpointing(bool(ckpt))
+    model.set_grad_checkpointing(ckpt)
     model.train()
     optimizer = build_optimizer(model, LR, COEF_LR, WEIGHT_DECAY)
     precision = Precision(precision_name, device)
     batch = random_batch(vision, args.batch, args.frames, device)
 
     def step() -> dict[str, torch.Tensor]:
-        losses = train_step(model, batch, optimizer, precision, accumulation=1, clip_grad_norm=CLIP_GRAD_NORM,
+        losses = train_step(model, batch, optimizer, precision, accumulation=accumulation, clip_grad_norm=CLIP_GRAD_NORM,
                             device=device)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         return losses
 
-    step()  # warm-up: allocates the optimizer state, autotunes kernels
+    for _ in range(args.warmup):  # allocates the optimizer state, autotunes kernels, settles the allocator
+        step()
     times = []
     for _ in range(args.steps):
         start = time.perf_counter()
         losses = step()
         times.append(time.perf_counter() - start)
     per_step = sum(times) / len(times)
-    print(f"{name:<10s} {per_step:9.2f} {args.batch / per_step:9.2f} {peak_memory_gib(device):14.2f} "
+    print(f"{name:<14s} {per_step:9.2f} {args.batch / per_step:9.2f} {peak_memory_gib(device):14.2f} "
           f"{torch.get_num_threads():7d} {losses['loss'].item():8.3f}", flush=True)
 
 
@@ -163,11 +180,11 @@ def main(argv: list[str] | None = None) -> int:
     peak_kind = "CUDA max allocated" if args.device == "cuda" else "process peak RSS (VmHWM)"
     print(f"{args.model}, ICL+PMD+PFR, {args.batch} pairs x {args.frames} frames at {size} px, "
           f"device {args.device}, AdamW (lr {LR:g}, coef_lr {COEF_LR:g}, wd {WEIGHT_DECAY:g}), "
-          f"clip {CLIP_GRAD_NORM:g}; 1 warm-up + {args.steps} timed steps; peak = {peak_kind}")
-    print(f"{'config':<10s} {'s/step':>9s} {'pairs/s':>9s} {'peak mem (GiB)':>14s} {'threads':>7s} {'loss':>8s}",
+          f"clip {CLIP_GRAD_NORM:g}; {args.warmup} warm-up + {args.steps} timed steps; peak = {peak_kind}")
+    print(f"{'config':<14s} {'s/step':>9s} {'pairs/s':>9s} {'peak mem (GiB)':>14s} {'threads':>7s} {'loss':>8s}",
           flush=True)
     base = ["--model", args.model, "--batch", str(args.batch), "--frames", str(args.frames),
-            "--steps", str(args.steps), "--device", args.device]
+            "--warmup", str(args.warmup), "--steps", str(args.steps), "--device", args.device]
     failed = 0
     for name in configs:
         # Each configuration in a fresh process, so the peak-memory figures are separate.
@@ -178,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             failed += 1
             tail = proc.stderr.strip().splitlines()[-1:] or ["(no error output)"]
-            print(f"{name:<10s} FAILED (exit {proc.returncode}): {tail[0]}", flush=True)
+            print(f"{name:<14s} FAILED (exit {proc.returncode}): {tail[0]}", flush=True)
             print(proc.stderr[-2000:], file=sys.stderr, flush=True)
     print(REFERENCE, flush=True)
     return 1 if failed else 0

@@ -50,7 +50,7 @@ def default_precisions(device: str) -> list[str]:
 
 
 def benchmarks(device: str, precisions: list[str]) -> list[tuple[str, list[str]]]:
-    train_configs = [c for p in precisions for c in (p, f"{p}+ckpt")]
+    train_configs = [c for p in precisions for c in (p, f"{p}+ckpt", f"{p}+acc4")]
     return [
         ("Encoder: ViT-B/32 ours vs timm vit_base_patch32_clip_224",
          ["bench_encoder.py", "--device", device, "--precisions", *precisions]),
