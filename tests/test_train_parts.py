@@ -71,6 +71,34 @@ def test_parameter_groups_follow_the_v1_rules():
                           "cross.embeddings.position_embeddings.weight"}
 
 
+def test_optimizer_step_is_adamw():
+    """Two steps against the AdamW update written out (decoupled decay, bias correction)."""
+    model = _model(sim_header="cross_attention", recons_feat=True)
+    opt = build_optimizer(model, lr=1e-2, coef_lr=0.1, weight_decay=0.2)
+    groups = {id(p): g for g in opt.param_groups for p in g["params"]}
+    params = [p for p in model.parameters()]
+    start = [p.detach().clone() for p in params]
+    m = [torch.zeros_like(p) for p in params]
+    v = [torch.zeros_like(p) for p in params]
+    expected = [p.clone() for p in start]
+    gen = torch.Generator().manual_seed(3)
+    for step in (1, 2):
+        for p in params:
+            p.grad = torch.randn(p.shape, generator=gen)
+        opt.step()
+        for i, p in enumerate(params):
+            g, group = p.grad, groups[id(p)]
+            lr, wd = group["lr"], group["weight_decay"]
+            expected[i] = expected[i] * (1 - lr * wd)
+            m[i] = 0.9 * m[i] + 0.1 * g
+            v[i] = 0.98 * v[i] + 0.02 * g * g
+            m_hat, v_hat = m[i] / (1 - 0.9 ** step), v[i] / (1 - 0.98 ** step)
+            expected[i] = expected[i] - lr * m_hat / (v_hat.sqrt() + 1e-6)
+    for p, e, s0 in zip(params, expected, start):
+        torch.testing.assert_close(p.detach(), e, rtol=1e-5, atol=1e-6)
+        assert not torch.equal(p.detach(), s0)  # every parameter moved
+
+
 def _grads(model) -> dict[str, torch.Tensor]:
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
