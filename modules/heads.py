@@ -73,18 +73,23 @@ class CrossAttention(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(
-        self, x: torch.Tensor, y: torch.Tensor, key_mask: torch.Tensor
+        self, x: torch.Tensor, y: torch.Tensor, key_mask: torch.Tensor, y_index: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """x [P, N, E] queries, y [P, M, E] keys/values, key_mask [P, M] bool (True = valid).
+        """x [P, N, E] queries; y [V, M, E] keys/values of V videos, key_mask [V, M] bool (True = valid);
+        y_index [P] long: the video of each query row (None: V = P, row i has video i).
 
+        Keys and values are projected once per video and then gathered, so a
+        video scored against several images costs one projection.
         Returns the attended values [P, N, E] and the attention probabilities
         [P, H, N, M] (fp32, before dropout).
         """
         p, n, width = x.shape
-        m, dh = y.shape[1], width // self.heads
+        videos, m, dh = y.shape[0], y.shape[1], width // self.heads
         q = self.query(x).view(p, n, self.heads, dh).transpose(1, 2)  # [P, H, N, Dh]
-        k = self.key(y).view(p, m, self.heads, dh).transpose(1, 2)  # [P, H, M, Dh]
-        v = self.value(y).view(p, m, self.heads, dh).transpose(1, 2)  # [P, H, M, Dh]
+        k = self.key(y).view(videos, m, self.heads, dh).transpose(1, 2)  # [V, H, M, Dh]
+        v = self.value(y).view(videos, m, self.heads, dh).transpose(1, 2)  # [V, H, M, Dh]
+        if y_index is not None:
+            k, v, key_mask = k[y_index], v[y_index], key_mask[y_index]  # [P, ...]
         scores = at_least_fp32(q @ k.transpose(-1, -2)) * dh**-0.5  # [P, H, N, M]
         scores = scores + (~key_mask).to(scores.dtype)[:, None, None, :] * MASKED_SCORE
         probs = scores.softmax(dim=-1)
@@ -111,9 +116,9 @@ class CrossAttentionBlock(nn.Module):
         )
 
     def forward(
-        self, x: torch.Tensor, y: torch.Tensor, key_mask: torch.Tensor
+        self, x: torch.Tensor, y: torch.Tensor, key_mask: torch.Tensor, y_index: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        attended, probs = self.attn(self.ln_1(x), self.ln_1(y), key_mask)
+        attended, probs = self.attn(self.ln_1(x), self.ln_1(y), key_mask, y_index)
         x = x + attended
         return x + self.mlp(self.ln_2(x)), probs
 
@@ -131,11 +136,11 @@ class CrossTransformer(nn.Module):
         self.cross_attention = CrossAttentionBlock(width, heads, dropout)
 
     def forward(
-        self, x: torch.Tensor, y: torch.Tensor, key_mask: torch.Tensor
+        self, x: torch.Tensor, y: torch.Tensor, key_mask: torch.Tensor, y_index: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         for block in self.resblocks:
             x = block(x)
-        return self.cross_attention(x, y, key_mask)
+        return self.cross_attention(x, y, key_mask, y_index)
 
 
 class Pooler(nn.Module):
@@ -167,21 +172,29 @@ class PairwiseMatchingDecoder(nn.Module):
         self.pooler = Pooler(width)
 
     def forward(
-        self, image_tokens: torch.Tensor, video_tokens: torch.Tensor, video_mask: torch.Tensor
+        self,
+        image_tokens: torch.Tensor,
+        video_tokens: torch.Tensor,
+        video_mask: torch.Tensor,
+        video_index: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Decode P pairs.
 
         Args:
             image_tokens: [P, N, E] projected image tokens, CLS first.
-            video_tokens: [P, M, E] projected tokens of all frames (M = T·N).
-            video_mask: [P, M] bool, True = a token of a real frame.
+            video_tokens: [V, M, E] projected tokens of all frames (M = T·N) of V videos.
+            video_mask: [V, M] bool, True = a token of a real frame.
+            video_index: [P] long, the video of each pair; None when V = P and
+                pair i is (image i, video i). Pass each video once with an
+                index when videos repeat (re-ranking, hard negatives): the
+                video side of the cross block then runs once per video.
 
         Returns:
             pooled: [P, E] pair features.
             attention: [P, H, N, M] cross-attention probabilities (fp32).
         """
         x = self.dropout(self.embeddings(image_tokens))
-        x, attention = self.transformer(x, video_tokens, video_mask)
+        x, attention = self.transformer(x, video_tokens, video_mask, video_index)
         return self.pooler(x), attention
 
 

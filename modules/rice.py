@@ -194,15 +194,21 @@ class RICEModel(nn.Module):
 
     # ---------------------------------------------------------------- scoring
     def score_pairs(
-        self, image_tokens: torch.Tensor, video_tokens: torch.Tensor, video_token_mask: torch.Tensor
+        self,
+        image_tokens: torch.Tensor,
+        video_tokens: torch.Tensor,
+        video_token_mask: torch.Tensor,
+        video_index: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Raw PMD scores (no ×100) of P pairs: [P,N,E], [P,M,E], [P,M] bool -> [P].
+        """Raw PMD scores (no ×100) of P pairs: [P,N,E], [V,M,E], [V,M] bool, video_index [P] -> [P].
 
-        The caller bounds P (memory grows as P·H·N·M).
+        Without `video_index`, V = P and pair i is (image i, video i). With it,
+        pair i is (image i, video video_index[i]) and each video's keys and
+        values are computed once. The caller bounds P (memory grows as P·H·N·M).
         """
         if self.cross is None:
             raise RuntimeError("score_pairs needs the PMD head (sim_header='cross_attention')")
-        pooled, _ = self.cross(image_tokens, video_tokens, video_token_mask)
+        pooled, _ = self.cross(image_tokens, video_tokens, video_token_mask, video_index)
         return pair_scores(pooled, self.similarity_dense)
 
     # ---------------------------------------------------------------- training
@@ -279,10 +285,13 @@ class RICEModel(nn.Module):
         scores, pfr_sum = [], 0.0
         for start in range(0, b * c, chunk):
             part = slice(start, start + chunk)
+            # Each distinct candidate video of the chunk goes through the decoder's video side once.
+            videos, pair_video = torch.unique(video_index[part], return_inverse=True)
             args = (
                 image_tokens[image_index[part]],
-                all_video_tokens[video_index[part]],
-                all_token_mask[video_index[part]],
+                all_video_tokens[videos],
+                all_token_mask[videos],
+                pair_video,
                 positive[part],
             )
             if self.grad_checkpointing and torch.is_grad_enabled():
@@ -293,8 +302,9 @@ class RICEModel(nn.Module):
             pfr_sum = pfr_sum + err
         return torch.cat(scores).view(b, c), pfr_sum
 
-    def _score_chunk(self, image_tokens, video_tokens, video_mask, positive):
-        pooled, attention = self.cross(image_tokens, video_tokens, video_mask)
+    def _score_chunk(self, image_tokens, video_tokens, video_mask, pair_video, positive):
+        """Scores of one chunk of pairs (image i, video pair_video[i]) and their PFR error."""
+        pooled, attention = self.cross(image_tokens, video_tokens, video_mask, pair_video)
         scores = pair_scores(pooled, self.similarity_dense)
         if self.recons_weights is None or not bool(positive.any()):
             return scores, scores.new_zeros(())
@@ -303,8 +313,9 @@ class RICEModel(nn.Module):
         with torch.autocast(device_type=scores.device.type, enabled=False):
             weights = self.recons_weights(drop_cls(attention[positive], n))  # [P+, N-1, T*(N-1)]
         p = weights.shape[0]
-        video = video_tokens[positive].view(p, -1, n, e)[:, :, 1:]  # [P+, T, N-1, E]
-        frame_valid = video_mask[positive].view(p, -1, n)[:, :, 1:, None]
+        positive_video = pair_video[positive]
+        video = video_tokens[positive_video].view(p, -1, n, e)[:, :, 1:]  # [P+, T, N-1, E]
+        frame_valid = video_mask[positive_video].view(p, -1, n)[:, :, 1:, None]
         video = (video * frame_valid).reshape(p, -1, e)
         return scores, reconstruction_error(weights, video, image_tokens[positive][:, 1:])
 

@@ -187,3 +187,51 @@ def test_reconstruction_weights_start_alive():
         weights = ReconstructionWeights(heads=8)(attention)
         weights.sum().backward()
         assert weights.min() >= 0 and weights.max() > 0 and attention.grad.abs().sum() > 0
+
+
+def test_video_index_equals_repeating_the_videos():
+    """Pairs that share a video: one video-side pass plus an index gives what repeated copies give,
+    forward (scores, attention) and backward (every parameter and the token gradients), dropout on."""
+    torch.manual_seed(0)
+    decoder = PairwiseMatchingDecoder(width=32, heads=4, depth=2, num_queries=5, dropout=0.1).train()
+    images = torch.randn(7, 5, 32, requires_grad=True)
+    videos = torch.randn(3, 12, 32, requires_grad=True)
+    mask = torch.ones(3, 12, dtype=torch.bool)
+    mask[1, 8:] = False  # a video with padded frames
+    index = torch.tensor([0, 1, 1, 2, 0, 1, 2])
+
+    torch.manual_seed(1)
+    pooled, attention = decoder(images, videos, mask, index)
+    (pooled.square().sum() + attention.sum()).backward()
+    grads = {n: p.grad.clone() for n, p in decoder.named_parameters() if p.grad is not None}
+    image_grad, video_grad = images.grad.clone(), videos.grad.clone()
+
+    decoder.zero_grad()
+    images.grad, videos.grad = None, None
+    torch.manual_seed(1)  # same dropout masks: the random draws have the same shapes and order
+    ref_pooled, ref_attention = decoder(images, videos[index], mask[index])
+    (ref_pooled.square().sum() + ref_attention.sum()).backward()
+
+    torch.testing.assert_close(pooled, ref_pooled, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(attention, ref_attention, rtol=1e-5, atol=1e-6)
+    assert attention[2, :, :, 8:].abs().max() < 1e-6  # pair 2 is video 1: its padding gets no attention
+    assert grads.keys() == {n for n, p in decoder.named_parameters() if p.grad is not None}
+    for name, p in decoder.named_parameters():
+        if name in grads:
+            torch.testing.assert_close(grads[name], p.grad, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(image_grad, images.grad, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(video_grad, videos.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_score_pairs_with_video_index():
+    model = RICEModel(RICEConfig(vision=VisionConfig(image_size=32, patch_size=16, width=32, layers=1, heads=2,
+                                                     embed_dim=32),
+                                 sim_header="cross_attention", pmd_heads=4)).eval()
+    image_tokens, video_tokens = torch.randn(5, 5, 32), torch.randn(2, 10, 32)
+    mask = torch.ones(2, 10, dtype=torch.bool)
+    index = torch.tensor([1, 0, 1, 1, 0])
+    with torch.no_grad():
+        got = model.score_pairs(image_tokens, video_tokens, mask, index)
+        want = model.score_pairs(image_tokens, video_tokens[index], mask[index])
+    assert got.shape == (5,)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)

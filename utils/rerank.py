@@ -110,7 +110,10 @@ def pmd_scores(
                 for start in range(0, len(pair_query), pair_chunk):
                     q = torch.as_tensor(pair_query[start : start + pair_chunk], device=device)
                     i = torch.as_tensor(pair_image[start : start + pair_chunk], device=device)
-                    values.append(model.score_pairs(image_tokens[i], video_tokens[q], video_mask[q]).float())
+                    # A query has up to `topk` pairs: its video side is decoded once for all of them.
+                    videos, pair_video = torch.unique(q, return_inverse=True)
+                    values.append(model.score_pairs(image_tokens[i], video_tokens[videos], video_mask[videos],
+                                                    pair_video).float())
             block_out = np.full(item["present"].shape, np.nan, np.float32)
             block_out[item["present"]] = torch.cat(values).cpu().numpy()
             out[rows] = block_out
