@@ -93,3 +93,22 @@ def test_rejects_images_of_the_wrong_size():
     model = VisionTransformer(VISION_CONFIGS["tiny"])
     with pytest.raises(ValueError, match="64"):
         model(torch.randn(1, 3, 32, 32))
+
+
+def test_quick_gelu_gradient_and_what_it_keeps_for_backward():
+    """The hand-written backward matches x·σ(1.702x) differentiated by autograd, and keeps only x."""
+    gelu = QuickGELU()
+    x = torch.randn(64, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(gelu, (x,))
+    x32 = torch.randn(1000, requires_grad=True)
+    g = torch.randn(1000)
+    gelu(x32).backward(g)
+    ours = x32.grad.clone()
+    x32.grad = None
+    (x32 * torch.sigmoid(1.702 * x32)).backward(g)
+    torch.testing.assert_close(ours, x32.grad, rtol=1e-6, atol=1e-6)
+
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.shape) or t, lambda t: t):
+        gelu(torch.randn(8, 16, requires_grad=True))
+    assert saved == [torch.Size([8, 16])]  # x only: σ(1.702x) is recomputed in backward
