@@ -34,7 +34,8 @@ def find_annotation(data_root, pattern: str, what: str, exclude=()) -> Path:
             raise DataError(f"several {what} files match {pattern!r} in {folder}: "
                             f"{[m.name for m in matches]}; pass the one to use explicitly")
     if not root.is_dir():
-        raise DataError(f"data_root {root} does not exist")
+        raise DataError(f"data_root {root} does not exist: pass the folder that holds annotations/ "
+                        "(see README, Preparing data)")
     raise DataError(f"no {what} file matching {pattern!r} in {root / 'annotations'} or {root}")
 
 
