@@ -276,23 +276,28 @@ class RICEModel(nn.Module):
         (column 0), computed from the same decoder pass. With gradient
         checkpointing each chunk is recomputed in the backward pass, so only
         one chunk's decoder activations are alive at a time.
+
+        The chunks are planned on the host from one copy of `candidates`, so a
+        GPU step waits for the device once here, not once or twice per chunk.
         """
         b, c = candidates.shape
-        image_index = torch.arange(b, device=candidates.device).repeat_interleave(c)  # [B*C]
-        video_index = candidates.reshape(-1)  # [B*C]
-        positive = torch.arange(b * c, device=candidates.device) % c == 0
+        device = image_tokens.device
+        image_index = torch.arange(b).repeat_interleave(c)  # [B*C], host
+        video_index = candidates.reshape(-1).cpu()  # [B*C], host
+        positive = torch.arange(b * c) % c == 0  # column 0 of each image: its positive video
         chunk = self.config.pmd_chunk_size
         scores, pfr_sum = [], 0.0
         for start in range(0, b * c, chunk):
             part = slice(start, start + chunk)
             # Each distinct candidate video of the chunk goes through the decoder's video side once.
             videos, pair_video = torch.unique(video_index[part], return_inverse=True)
+            videos = videos.to(device, non_blocking=True)
             args = (
-                image_tokens[image_index[part]],
+                image_tokens[image_index[part].to(device, non_blocking=True)],
                 all_video_tokens[videos],
                 all_token_mask[videos],
-                pair_video,
-                positive[part],
+                pair_video.to(device, non_blocking=True),
+                positive[part],  # host
             )
             if self.grad_checkpointing and torch.is_grad_enabled():
                 s, err = checkpoint(self._score_chunk, *args, use_reentrant=False)
@@ -303,21 +308,28 @@ class RICEModel(nn.Module):
         return torch.cat(scores).view(b, c), pfr_sum
 
     def _score_chunk(self, image_tokens, video_tokens, video_mask, pair_video, positive):
-        """Scores of one chunk of pairs (image i, video pair_video[i]) and their PFR error."""
+        """Scores of one chunk of pairs (image i, video pair_video[i]) and their PFR error.
+
+        `positive` [P] bool (host) marks the pairs whose PFR error counts; it
+        becomes row numbers on the host, since a boolean mask on a GPU would
+        make the host wait to learn how many rows it selects.
+        """
         pooled, attention = self.cross(image_tokens, video_tokens, video_mask, pair_video)
         scores = pair_scores(pooled, self.similarity_dense)
-        if self.recons_weights is None or not bool(positive.any()):
+        rows = positive.nonzero().squeeze(1)
+        if self.recons_weights is None or rows.numel() == 0:
             return scores, scores.new_zeros(())
+        rows = rows.to(scores.device, non_blocking=True)
         # PFR on the positive pairs: CLS rows/columns dropped, padded frames zeroed.
         n, e = image_tokens.shape[1:]
         with torch.autocast(device_type=scores.device.type, enabled=False):
-            weights = self.recons_weights(drop_cls(attention[positive], n))  # [P+, N-1, T*(N-1)]
+            weights = self.recons_weights(drop_cls(attention[rows], n))  # [P+, N-1, T*(N-1)]
         p = weights.shape[0]
-        positive_video = pair_video[positive]
+        positive_video = pair_video[rows]
         video = video_tokens[positive_video].view(p, -1, n, e)[:, :, 1:]  # [P+, T, N-1, E]
         frame_valid = video_mask[positive_video].view(p, -1, n)[:, :, 1:, None]
         video = (video * frame_valid).reshape(p, -1, e)
-        return scores, reconstruction_error(weights, video, image_tokens[positive][:, 1:])
+        return scores, reconstruction_error(weights, video, image_tokens[rows][:, 1:])
 
 
 def config_for_checkpoint(ckpt: "LoadedCheckpoint") -> RICEConfig:
