@@ -176,7 +176,12 @@ def test_grad_checkpointing_changes_memory_not_results(small_data, tmp_path):
     assert ckpt["model"].grad_checkpointing and ckpt["model"].visual.transformer.grad_checkpointing
     assert not plain["model"].grad_checkpointing
     a, b = _weights(plain), _weights(ckpt)
-    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    # similarity_dense.bias shifts all 4 PMD logits of an image equally, which the softmax cancels: its
+    # gradient is 0 in exact arithmetic, so it receives rounding noise (different when recomputed), and
+    # Adam rescales that noise into updates of up to ~lr*1e-3. Every other weight must agree.
+    noise_only = "similarity_dense.bias"
+    assert (a[noise_only] - b[noise_only]).abs().max() < 1e-5
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a if k != noise_only)
 
 
 # --------------------------------------------------------------------------- optimisation flags
