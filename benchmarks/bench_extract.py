@@ -47,7 +47,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=4, help="clips per batch (images: 10x as many)")
     parser.add_argument("--steps", type=int, default=2, help="timed batches per measurement")
     parser.add_argument("--pairs", type=int, default=64, help="PMD pairs per call")
-    parser.add_argument("--per_clip", type=int, default=5, help="pairs per video in the re-ranking figure (5: the --rerank_topk default)")
+    parser.add_argument("--per_clip", type=int, default=5,
+                        help="pairs per video in the re-ranking figure (5: the --rerank_topk default)")
     parser.add_argument("--precisions", nargs="+", choices=["fp32", "bf16"], default=["fp32", "bf16"])
     args = parser.parse_args(argv)
     device = torch.device(args.device)

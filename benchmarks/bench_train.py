@@ -63,21 +63,24 @@ REFERENCE = ("reference (authors' code, this 2-core CPU): 0.47 pairs/s fp32 (4.9
              "less peak memory")
 
 
-def config(text: str) -> str:
-    """Validate a configuration name: a precision, then optionally `+ckpt` and/or `+accN`."""
-    precision, *options = text.split("+")
+def _options(name: str) -> tuple[str, bool, int]:
+    """(precision, gradient checkpointing, accumulation steps) of a configuration name.
+
+    A name is a precision, then optionally `+ckpt` and/or `+accN`; anything else is a usage error.
+    """
+    precision, *options = name.split("+")
     valid = all(o == "ckpt" or (o.startswith("acc") and o[3:].isdigit() and int(o[3:]) >= 1) for o in options)
     if precision not in ("fp32", "bf16", "fp16") or not valid or len(set(options)) != len(options):
-        raise argparse.ArgumentTypeError(f"{text!r}: expected fp32, bf16 or fp16, optionally with +ckpt "
+        raise argparse.ArgumentTypeError(f"{name!r}: expected fp32, bf16 or fp16, optionally with +ckpt "
                                          "and/or +accN (N micro-batches)")
-    return text
-
-
-def _options(name: str) -> tuple[str, bool, int]:
-    """(precision, gradient checkpointing, accumulation steps) of a configuration name."""
-    precision, *options = name.split("+")
     accumulation = next((int(o[3:]) for o in options if o.startswith("acc")), 1)
     return precision, "ckpt" in options, accumulation
+
+
+def config(text: str) -> str:
+    """argparse type: a valid configuration name, kept as text."""
+    _options(text)
+    return text
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -137,7 +140,7 @@ def random_batch(vision, batch: int, frames: int, device: torch.device) -> dict[
 
 
 def run_one(args: argparse.Namespace, name: str) -> None:
-    """Build the model, run 1 warm-up + `args.steps` timed steps, print one table row."""
+    """Build the model, run `args.warmup` untimed + `args.steps` timed steps, print one table row."""
     precision_name, ckpt, accumulation = _options(name)
     if args.batch % accumulation:
         raise SystemExit(f"{name}: --batch {args.batch} is not divisible into {accumulation} micro-batches")
@@ -152,8 +155,8 @@ def run_one(args: argparse.Namespace, name: str) -> None:
     batch = random_batch(vision, args.batch, args.frames, device)
 
     def step() -> dict[str, torch.Tensor]:
-        losses = train_step(model, batch, optimizer, precision, accumulation=accumulation, clip_grad_norm=CLIP_GRAD_NORM,
-                            device=device)
+        losses = train_step(model, batch, optimizer, precision, accumulation=accumulation,
+                            clip_grad_norm=CLIP_GRAD_NORM, device=device)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         return losses

@@ -108,12 +108,14 @@ def pmd_scores(
                 _, image_tokens = model.encode_images(item["images"]["image"].to(device), return_tokens=True)
                 values = []
                 for start in range(0, len(pair_query), pair_chunk):
-                    q = torch.as_tensor(pair_query[start : start + pair_chunk], device=device)
-                    i = torch.as_tensor(pair_image[start : start + pair_chunk], device=device)
-                    # A query has up to `topk` pairs: its video side is decoded once for all of them.
-                    videos, pair_video = torch.unique(q, return_inverse=True)
-                    values.append(model.score_pairs(image_tokens[i], video_tokens[videos], video_mask[videos],
-                                                    pair_video).float())
+                    part = slice(start, start + pair_chunk)
+                    # A query has up to `topk` pairs: its video side is decoded once for all of them
+                    # (the chunk's distinct queries are found on the host: no device wait).
+                    queries, pair_video = np.unique(pair_query[part], return_inverse=True)
+                    q = torch.as_tensor(queries, device=device)
+                    i = torch.as_tensor(pair_image[part], device=device)
+                    values.append(model.score_pairs(image_tokens[i], video_tokens[q], video_mask[q],
+                                                    torch.as_tensor(pair_video, device=device)).float())
             block_out = np.full(item["present"].shape, np.nan, np.float32)
             block_out[item["present"]] = torch.cat(values).cpu().numpy()
             out[rows] = block_out
