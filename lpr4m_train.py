@@ -17,25 +17,27 @@ from __future__ import annotations
 import logging
 import sys
 
-from dataloaders import DataError
-from modules.checkpoint import CheckpointError
-from utils.distributed import cleanup_distributed, init_distributed
-from utils.params import parse_args
-from utils.trainer import TrainingError, train
+from utils.errors import one_line_errors
+from utils.train.params import parse_args
 
 
 def main(argv: list[str] | None = None) -> dict:
-    """Parse argv, join torchrun's process group if any, train. Returns train()'s summary."""
-    args = parse_args(argv)
-    env = init_distributed(args.device)
-    level = logging.INFO if env.is_main else logging.WARNING
-    logging.basicConfig(level=level, format=f"%(asctime)s [rank {env.rank}] %(name)s: %(message)s")
-    try:
-        return train(args, env)
-    except (TrainingError, DataError, CheckpointError) as err:
-        raise SystemExit(f"error: {err}") from None
-    finally:
-        cleanup_distributed()
+    """Parse argv, join torchrun's process group if any, train. Returns train()'s summary.
+
+    Bad flags, data or checkpoints end with one line `error: ...` and exit code 2.
+    """
+    args = parse_args(argv)  # before the heavy imports: --help stays fast
+    from utils.runtime.distributed import cleanup_distributed, init_distributed
+    from utils.train.trainer import train
+
+    with one_line_errors():
+        runtime = init_distributed(args.device, precision=args.precision, progress=not args.no_progress)
+        level = logging.INFO if runtime.is_main else logging.WARNING
+        logging.basicConfig(level=level, format=f"%(asctime)s [rank {runtime.rank}] %(name)s: %(message)s")
+        try:
+            return train(args, runtime)
+        finally:
+            cleanup_distributed()
 
 
 if __name__ == "__main__":

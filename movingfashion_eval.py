@@ -4,10 +4,10 @@
         --sim_header mean_pooling --one_stage --embedding_sim --ckpt_path ckpt.bin
 
 The data root must have been prepared once (frames at 1 fps, see tools/prepare_movingfashion.py).
-All flags: `python movingfashion_eval.py --help`; the work is in utils/evaluation.py.
+All flags: `python movingfashion_eval.py --help`; the work is in utils/eval/.
 """
 
-from utils.evaluation import main_for
+from utils.eval.cli import main_for
 
 
 def main(argv: list[str] | None = None) -> dict | None:

@@ -24,7 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from modules.clip_vit import VISION_CONFIGS  # noqa: E402
+from modules.config import VISION_CONFIGS  # noqa: E402
 from modules.rice import RICEConfig, RICEModel  # noqa: E402
 
 

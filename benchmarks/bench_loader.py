@@ -17,13 +17,15 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 
 from torch.utils.data import DataLoader  # noqa: E402
 
-from dataloaders import PairDataset, build_transform, collate_pairs, load_lpr4m_train  # noqa: E402
+from dataloaders.datasets import PairDataset, collate_samples  # noqa: E402
+from dataloaders.lpr4m import load_lpr4m_train  # noqa: E402
+from dataloaders.transforms import build_transform  # noqa: E402
 from dataloaders.synthetic import make_synthetic_dataset  # noqa: E402
 
 
 def clips_per_second(dataset, workers: int, batch_size: int, batches: int) -> float:
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers,
-                        collate_fn=collate_pairs, drop_last=True, persistent_workers=False)
+                        collate_fn=collate_samples, drop_last=True, persistent_workers=False)
     it = iter(loader)
     next(it)                                        # worker start-up is not throughput
     start, n = time.perf_counter(), 0

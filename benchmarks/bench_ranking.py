@@ -1,4 +1,4 @@
-"""Benchmark the ranking stage (utils.metrics) at the real test-set scales.
+"""Benchmark the ranking stage (utils.eval.metrics) at the real test-set scales.
 
 Random 512-d unit features stand in for encoder outputs:
   lpr4m:         20,079 queries over 110 livestreams, 66,358 gallery images,
@@ -25,7 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from utils.metrics import first_hit_ranks, rank_gallery, recall_at_k  # noqa: E402
+from utils.eval.metrics import first_hit_ranks, rank_gallery, recall_at_k  # noqa: E402
 
 
 def unit_features(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:

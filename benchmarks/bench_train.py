@@ -5,13 +5,13 @@
     python benchmarks/bench_train.py --device cuda --configs fp32 bf16 bf16+ckpt --steps 10
     python benchmarks/bench_train.py --model tiny --steps 1           # quick check that it runs
 
-What is measured: `utils.engine.train_step` (the trainer's step) on an
+What is measured: `utils.train.engine.train_step` (the trainer's step) on an
 ICL+PMD+PFR model (`RICEModel(RICEConfig(vision=VISION_CONFIGS[--model],
 sim_header="cross_attention", recons_feat=True))`) with random weights and
 random data: zero_grad, forward through `RICEModel.forward` under the
-precision's autocast, backward through `utils.precision.Precision` (loss
+precision's autocast, backward through `utils.runtime.precision.Precision` (loss
 scaling for fp16), gradient-norm clipping at 1.0 and an AdamW step from
-`utils.optim.build_optimizer` (the trainer's default lr 3e-4, coef_lr 1e-3,
+`utils.train.optim.build_optimizer` (the trainer's default lr 3e-4, coef_lr 1e-3,
 weight decay 0.2, four parameter groups). A batch is `--batch` pairs, each one
 product image and `--frames` video frames (all valid) at the encoder's input
 size (224 px for ViT-B/32), collated as the loader does ({"image", "frames",
@@ -49,13 +49,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from modules.clip_vit import VISION_CONFIGS  # noqa: E402
+from modules.config import VISION_CONFIGS  # noqa: E402
 from modules.rice import RICEConfig, RICEModel  # noqa: E402
-from utils.engine import train_step  # noqa: E402
-from utils.optim import build_optimizer  # noqa: E402
-from utils.precision import Precision  # noqa: E402
+from utils.train.engine import train_step  # noqa: E402
+from utils.train.optim import build_optimizer  # noqa: E402
+from utils.runtime.precision import Precision  # noqa: E402
 
-# The trainer's defaults (utils/params.py).
+# The trainer's defaults (utils/train/params.py).
 LR, COEF_LR, WEIGHT_DECAY, CLIP_GRAD_NORM = 3e-4, 1e-3, 0.2, 1.0
 
 REFERENCE = ("reference (authors' code, this 2-core CPU): 0.47 pairs/s fp32 (4.9 GB peak), "

@@ -55,12 +55,12 @@ class PairDataset(Dataset):
     "index": int (the sample actually used), "skipped": list[str], "replaced": int}."""
 
     def __init__(self, pairs: list[TrainPair], image_transform: ImageTransform,
-                 frame_transform: ImageTransform, max_frames: int = 10, train: bool = True,
-                 seed: int = 42, max_replacements: int = 10):
+                 frame_transform: ImageTransform, max_frames: int = 10, seed: int = 42,
+                 max_replacements: int = 10):
         if not pairs:
             raise ValueError("PairDataset got no training pairs")
         self.pairs, self.image_transform, self.frame_transform = pairs, image_transform, frame_transform
-        self.max_frames, self.train, self.seed = max_frames, train, seed
+        self.max_frames, self.seed = max_frames, seed
         self.max_replacements = max_replacements
         self.epoch = 0
 
@@ -74,10 +74,7 @@ class PairDataset(Dataset):
         pair = self.pairs[index]
         rng = np.random.default_rng((self.seed, self.epoch, index))
         n = len(pair.frame_paths)
-        if self.train:
-            chosen = train_frame_indices(n, self.max_frames, rng)
-        else:
-            chosen = eval_frame_indices(n, self.max_frames)
+        chosen = train_frame_indices(n, self.max_frames, rng)
         image = _read(pair.image_path, self.image_transform, rng, skipped)
         if image is None:
             return None
@@ -155,10 +152,6 @@ def collate_samples(items: list[dict]) -> dict:
         else:
             batch[key] = torch.tensor(values)
     return batch
-
-
-# One function serves all three datasets; the names say which loader uses it.
-collate_pairs = collate_clips = collate_images = collate_samples
 
 
 class SkipReport:

@@ -1,4 +1,4 @@
-"""Index img2dataset shard folders: frame_id / image_id -> file path (SPEC §6.2).
+"""Index img2dataset shard folders: frame_id / image_id -> file path (docs/data.md).
 
 img2dataset writes `<root>/00000/000000001.jpg` next to `000000001.json`, whose "url" ends in
 `<frame_id>.jpg` (frames) or `<image_id>.jpg` (shop images). The index lets the LPR4M loaders
@@ -16,7 +16,7 @@ from urllib.parse import urlparse
 
 from tqdm import tqdm
 
-from .records import DataError
+from utils.errors import DataError
 
 
 def id_from_url(url: str) -> str:

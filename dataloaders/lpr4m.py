@@ -1,4 +1,4 @@
-"""LPR4M / LPR750K annotation loaders (SPEC §6.1 and §6.2).
+"""LPR4M / LPR750K annotation loaders (docs/data.md).
 
 Two layouts are supported:
   release  (LPR750K download): frame and image paths are written in the annotation files,
@@ -16,8 +16,10 @@ import os
 from collections import defaultdict
 from pathlib import Path
 
+from utils.errors import DataError
+
 from .img2dataset_index import load_img2dataset_index
-from .records import DataError, GalleryImage, Query, RetrievalSplit, TrainPair, live_id_of
+from .records import GalleryImage, Query, RetrievalSplit, TrainPair, live_id_of
 
 logger = logging.getLogger(__name__)
 
@@ -125,6 +127,29 @@ def load_lpr4m_train(data_root, split: str = "train", annotation=None, index=Non
     if not pairs:
         raise DataError(f"no {split} pairs in {path}" + (" after the index lookup" if dropped else ""))
     return pairs
+
+
+def load_lpr4m_validation(data_root, index=None, max_queries: int | None = None) -> RetrievalSplit:
+    """The validation pairs as a retrieval split with the test set's per-livestream protocol.
+
+    The release ships `training_videoinfo_val.txt`, pairs in the training
+    format: each pair's clip becomes a query whose ground truth is its image,
+    and the distinct images of each livestream form that livestream's gallery.
+    `max_queries` keeps the first N clips (file order); the galleries of their
+    livestreams stay whole, so R@k keeps its meaning.
+    """
+    pairs = load_lpr4m_train(data_root, "val", index=index)
+    gallery: dict[tuple[str, str], GalleryImage] = {}
+    queries = []
+    for pair in pairs:
+        live = live_id_of(pair.clip_id)
+        gallery.setdefault((live, pair.image_id), GalleryImage(pair.image_id, pair.image_path, live))
+        queries.append(Query(pair.clip_id, pair.frame_paths, [pair.image_id], live))
+    if max_queries is not None:
+        queries = queries[:max_queries]
+        lives = {q.group for q in queries}
+        gallery = {key: image for key, image in gallery.items() if key[0] in lives}
+    return RetrievalSplit(queries=queries, gallery=list(gallery.values()), per_group=True)
 
 
 def _query_frame_path(root: str, clip_id: str, entry: str) -> str:

@@ -1,4 +1,4 @@
-"""MovingFashion (SPEC §6.3): 1-fps frame extraction and the train / test loaders.
+"""MovingFashion (docs/data.md): 1-fps frame extraction and the train / test loaders.
 
 Release layout: videos/*.mp4, imgs/*.jpg, train.json and test.json, each
 {key: {"img_path": ..., "source": ..., "video_paths": [...]}} (test: one video per key).
@@ -19,7 +19,9 @@ from pathlib import Path
 import av
 from tqdm import tqdm
 
-from .records import DataError, GalleryImage, Query, RetrievalSplit, TrainPair
+from utils.errors import DataError
+
+from .records import GalleryImage, Query, RetrievalSplit, TrainPair
 
 logger = logging.getLogger(__name__)
 FRAMES_INDEX = "annotations/video_frames.json"

@@ -1,13 +1,11 @@
-"""Plain records shared by every dataset loader, and the one error type for bad data.
+"""Plain records shared by every dataset loader.
 
 Loaders turn annotation files into these records (absolute paths, no I/O on the
 images themselves); the torch datasets in `dataloaders.datasets` read them.
 """
 from dataclasses import dataclass
 
-
-class DataError(ValueError):
-    """Bad or missing input data. The message says what, where, and how to fix it."""
+from utils.errors import DataError
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Which frames of a clip a sample uses (SPEC §2 and §4), and padding to a fixed length.
+"""Which frames of a clip a sample uses (docs/evaluation.md; docs/training.md), and padding to a fixed length.
 
 Two different rules, on purpose:
   train: indices floor(linspace(0, n-1, T)), then with probability 0.5 drop a random

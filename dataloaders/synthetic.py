@@ -1,7 +1,7 @@
 """A small synthetic dataset in the LPR750K release layout and the MovingFashion release layout.
 
     make_synthetic_dataset("DIR", seed=0)
-writes DIR/lpr4m (SPEC §6.1) and DIR/movingfashion (SPEC §6.3, real mp4 files written by PyAV,
+writes DIR/lpr4m (docs/data.md) and DIR/movingfashion (docs/data.md, real mp4 files written by PyAV,
 then the 1-fps frames and annotations/video_frames.json of `prepare_movingfashion`).
 
 It is a real retrieval problem (see `synthetic_draw`): every livestream has its own shop of

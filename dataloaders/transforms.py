@@ -1,4 +1,4 @@
-"""Image decoding and the v1 / v2 preprocessing (SPEC §2 and §4), at the model's resolution.
+"""Image decoding and the v1 / v2 preprocessing (docs/evaluation.md; docs/training.md), at the model's resolution.
 
   v1 (train and eval): resize to exactly S x S, bicubic (aspect ratio NOT kept), centre crop S.
   v2 eval:  resize to R x R with R = int(S * 256 / 224), bilinear, centre crop S.

@@ -7,11 +7,11 @@ One entry point, `load_checkpoint(path)`, detects the format and returns a
 |-----------|------------------------------------------------|---------------------------------------------|
 | "openai"  | OpenAI `ViT-B-32.pt` (TorchScript) or a plain  | `visual.*` + the CLIP text tower            |
 |           | state dict with the same keys                  |                                             |
-| "rice_v1" | `pytorch_model.bin.<epoch>` (SPEC §5.1)        | `clip.visual.*`, `clip.<text tower>`,       |
+| "rice_v1" | `pytorch_model.bin.<epoch>` (docs/checkpoints.md)        | `clip.visual.*`, `clip.<text tower>`,       |
 |           |                                                | `cross.*`, `similarity_dense.*`,            |
 |           |                                                | `recons_weights.*`; fp16 weights            |
 | "rice_v2" | `rice_final.pth`, or `iter{N}.ckpt` holding it | `module.image_encoder.model.*` (encoder),    |
-|           | under `model` (SPEC §5.2)                      | `module.transformer.*` (unused 768-d PMD)   |
+|           | under `model` (docs/checkpoints.md)                      | `module.transformer.*` (unused 768-d PMD)   |
 | "ours"    | `{"format": "rice-repro", "model": ...}`       | `visual.*`, `cross.*`, ... (RICEModel)      |
 
 Loading is strict: the unused CLIP text tower (and v2's own PMD variant) is
@@ -33,7 +33,9 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from modules.clip_vit import VisionConfig, VisionTransformer
+from modules.clip_vit import VisionTransformer
+from modules.config import CROSS_ATTENTION, MEAN_POOLING, RICEConfig, VisionConfig
+from utils.errors import CheckpointError, ConfigError
 
 logger = logging.getLogger("rice")
 
@@ -46,10 +48,6 @@ V2_ENCODER_PREFIX = "module.image_encoder.model."
 V2_HEADS_PREFIX = "module.transformer."  # v2's own 768-d PMD variant, not used here
 ENCODER_PREFIX = {"openai": "visual.", "ours": "visual.", "rice_v1": "clip.visual.", "rice_v2": V2_ENCODER_PREFIX}
 OPENAI_METADATA = {"input_resolution", "context_length", "vocab_size"}  # TorchScript attributes
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file that cannot be read as any supported format."""
 
 
 @dataclass
@@ -71,8 +69,59 @@ class LoadedCheckpoint:
     heads_state: dict[str, Tensor] = field(default_factory=dict)  # v1 head names, fp32
     heads: HeadsConfig | None = None  # None when the file has no PMD keys
     text_init: dict[str, Tensor] = field(default_factory=dict)  # "positional_embedding", "resblock0.*"
-    video_pooling: str = "v1"  # "v1" | "v2" (SPEC §3)
+    video_pooling: str = "v1"  # "v1" | "v2" (docs/method.md)
     extra: dict = field(default_factory=dict)  # format "ours": the file's other entries
+
+    def model_config(self) -> RICEConfig:
+        """The RICEConfig this checkpoint describes (stored in our format, inferred from shapes otherwise)."""
+        stored = self.extra.get("model_config") if self.format == "ours" else None
+        if stored is not None:
+            return RICEConfig.from_dict({**stored, "vision": self.vision})
+        heads = self.heads
+        if heads is None:
+            return RICEConfig(vision=self.vision, video_pooling=self.video_pooling)
+        return RICEConfig(vision=self.vision, sim_header=heads.sim_header,
+                          cross_num_hidden_layers=heads.cross_num_hidden_layers, recons_feat=heads.recons_feat,
+                          pmd_heads=heads.pmd_heads, video_pooling=self.video_pooling)
+
+    def check_flags(self, sim_header: str, cross_num_hidden_layers: int, recons_feat: bool) -> tuple[dict, list[str]]:
+        """Check the evaluation flags of a README row against the heads this file holds.
+
+        Returns RICEConfig overrides for scoring (PFR is a training loss and is
+        never built; `mean_pooling` on a PMD checkpoint keeps the encoder only)
+        and notes worth telling the user. Raises ConfigError when the flags ask
+        for heads the file lacks or describe them differently.
+        """
+        heads, notes = self.heads, []
+        has_pmd = heads is not None and heads.sim_header == CROSS_ATTENTION
+        if sim_header == MEAN_POOLING:
+            if has_pmd:
+                notes.append(f"{self.path} holds a PMD head; --sim_header {MEAN_POOLING} evaluates its encoder only")
+            return ({"sim_header": MEAN_POOLING, "recons_feat": False} if has_pmd else {}), notes
+        if not has_pmd:
+            raise ConfigError(
+                f"--sim_header {CROSS_ATTENTION}, but {self.path} ({self.format}) has no PMD head (no 'cross.*' "
+                f"weights); evaluate it with --sim_header {MEAN_POOLING} --one_stage (the ICL row)"
+            )
+        if heads.cross_num_hidden_layers != cross_num_hidden_layers:
+            raise ConfigError(
+                f"--cross_num_hidden_layers {cross_num_hidden_layers}, but the PMD head in {self.path} has "
+                f"{heads.cross_num_hidden_layers}; pass --cross_num_hidden_layers {heads.cross_num_hidden_layers}"
+            )
+        if recons_feat and not heads.recons_feat:
+            raise ConfigError(
+                f"--recons_feat, but {self.path} has no PFR weights ('recons_weights.*'): it is an ICL+PMD "
+                "checkpoint; drop --recons_feat"
+            )
+        if heads.recons_feat and not recons_feat:
+            notes.append(f"{self.path} also holds PFR weights (the ICL+PMD+PFR row); pass --recons_feat to say so")
+        return {"recons_feat": False}, notes
+
+
+def export_model(model: torch.nn.Module, config: dict, args: dict) -> dict:
+    """The model file of our format (`model.pt`): fp32 weights, the RICEConfig, the training flags."""
+    state = {k: v.detach().float().cpu() for k, v in model.state_dict().items()}
+    return {"format": OUR_FORMAT, "model": state, "model_config": config, "args": args}
 
 
 def load_checkpoint(path: str | os.PathLike) -> LoadedCheckpoint:
@@ -231,7 +280,7 @@ def _is_text_key(name: str) -> bool:
 
 
 def _vision_config(visual: dict[str, Tensor], model_config: dict | None, path: Path) -> VisionConfig:
-    """Infer the encoder shape (SPEC §5.1); for our own files prefer the saved config."""
+    """Infer the encoder shape (docs/checkpoints.md); for our own files prefer the saved config."""
     for key in ("conv1.weight", "positional_embedding", "proj"):
         if key not in visual:
             raise CheckpointError(f"{path}: missing the encoder's '{key}' (and maybe more)")
@@ -284,7 +333,7 @@ def _check_visual_keys(visual: dict[str, Tensor], vision: VisionConfig, path: Pa
 def _heads_config(
     heads: dict[str, Tensor], vision: VisionConfig, model_config: dict | None, path: Path, strict_names: bool
 ) -> HeadsConfig | None:
-    """Infer the PMD/PFR heads from their keys (SPEC §5.1); check v1 names exactly."""
+    """Infer the PMD/PFR heads from their keys (docs/checkpoints.md); check v1 names exactly."""
     if not heads:
         if model_config and model_config.get("sim_header", "mean_pooling") != "mean_pooling":
             raise CheckpointError(f"{path}: model_config says {model_config['sim_header']} but no head keys found")
@@ -327,7 +376,7 @@ def _heads_config(
 
 
 def _v1_head_keys(self_blocks: int, has_cross: bool, recons: bool) -> set[str]:
-    """Every key of the v1 PMD/PFR heads (SPEC §5.1) for the given depth."""
+    """Every key of the v1 PMD/PFR heads (docs/checkpoints.md) for the given depth."""
     def wb(*names: str) -> list[str]:
         return [f"{n}.{p}" for n in names for p in ("weight", "bias")]
 
@@ -346,7 +395,7 @@ def _v1_head_keys(self_blocks: int, has_cross: bool, recons: bool) -> set[str]:
 
 
 def _text_init(text: dict[str, Tensor]) -> dict[str, Tensor]:
-    """CLIP text positions and block 0, which initialise the PMD (SPEC §3.2)."""
+    """CLIP text positions and block 0, which initialise the PMD (docs/method.md, PMD)."""
     if "positional_embedding" not in text:
         return {}
     init = {"positional_embedding": text["positional_embedding"]}

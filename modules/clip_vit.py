@@ -1,6 +1,6 @@
 """The CLIP vision transformer, with OpenAI's architecture and parameter names.
 
-One encoder is shared by shop images and video frames (RICE, SPEC §3). For a
+One encoder is shared by shop images and video frames (see docs/method.md). For a
 batch of images it returns the projected CLS embedding and, on request, the
 projected features of every token, which the pairwise matching decoder (PMD)
 and patch feature reconstruction (PFR) consume.
@@ -16,44 +16,13 @@ Parameter names follow OpenAI's `visual.*` layout exactly (`conv1`,
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-
-@dataclass(frozen=True)
-class VisionConfig:
-    """Shape of a CLIP vision tower. Everything else follows from these."""
-
-    image_size: int = 224
-    patch_size: int = 32
-    width: int = 768
-    layers: int = 12
-    heads: int = 12
-    embed_dim: int = 512  # output width of `proj`
-
-    @property
-    def grid_size(self) -> int:
-        return self.image_size // self.patch_size
-
-    @property
-    def num_tokens(self) -> int:
-        return self.grid_size**2 + 1
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-# Named configurations. "tiny" is for tests and the CPU demo.
-VISION_CONFIGS: dict[str, VisionConfig] = {
-    "ViT-B/32": VisionConfig(),
-    "ViT-B/16": VisionConfig(patch_size=16),
-    "small": VisionConfig(image_size=64, patch_size=8, width=256, layers=4, heads=4, embed_dim=128),
-    "tiny": VisionConfig(image_size=64, patch_size=16, width=128, layers=2, heads=2, embed_dim=64),
-}
+from modules.config import VisionConfig
 
 
 class _QuickGELUFunction(torch.autograd.Function):

@@ -1,6 +1,6 @@
 """RICE heads: the pairwise matching decoder (PMD) and the PFR head reduction.
 
-PMD (SPEC §3.2) scores one (shop image, video) pair. The queries are the
+PMD (docs/method.md, PMD) scores one (shop image, video) pair. The queries are the
 image's tokens plus learned position embeddings; the keys and values are the
 video's tokens (all frames concatenated, padded frames masked). The layout and
 parameter names follow the v1 release so its checkpoints load unchanged:
@@ -16,7 +16,7 @@ Depth (`cross_num_hidden_layers` = L >= 1): L - 1 self-attention blocks over
 the image tokens, then ONE cross-attention block. L = 2 is the v1 setting (one
 self block + one cross block); L = 1 is the cross block alone.
 
-PFR (SPEC §3.3) turns the cross-attention probabilities of a pair, one map
+PFR (docs/method.md, PFR) turns the cross-attention probabilities of a pair, one map
 per head, into a single reconstruction weight map with two 1×1 convolutions
 (`recons_weights.conv.0` H -> H/2, ReLU, `recons_weights.conv.2` H/2 -> 1, ReLU).
 
@@ -238,7 +238,7 @@ def load_text_init(decoder: PairwiseMatchingDecoder, text_init: dict[str, torch.
     """Initialise the first self block and the position table from a CLIP text tower.
 
     `text_init` holds "positional_embedding" [77, E] and "resblock0.<param>"
-    (CLIP text block 0, `ResidualAttentionBlock` names); see CONTRACTS §2.
+    (CLIP text block 0, `ResidualAttentionBlock` names); see docs/method.md, PMD.
     Raises ValueError when the text tower's width differs from the decoder's.
     """
     table = decoder.embeddings.position_embeddings.weight

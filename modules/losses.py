@@ -1,7 +1,7 @@
-"""RICE training losses: ICL, PMD hard-negative matching, PFR (SPEC §3.1–3.3).
+"""RICE training losses: ICL, PMD hard-negative matching, PFR (docs/method.md).
 
 Each process computes its losses for its LOCAL rows against the batch gathered
-from all processes (`utils.distributed.all_gather_with_grad`). With equal shard
+from all processes (`utils.runtime.distributed.all_gather_with_grad`). With equal shard
 sizes and gradients averaged over processes (DDP), this trains exactly the
 single-process loss on the whole (global) batch, and the mean over processes
 of each returned loss equals that loss. Every function here works in fp32

@@ -1,7 +1,7 @@
 """The RICE model: one shared CLIP image encoder plus the PMD and PFR heads.
 
 Training (`forward`) takes a batch of (shop image, video clip) pairs and
-returns the named losses of SPEC §3:
+returns the named losses (docs/method.md):
 
     loss = icl + pmd_weight · pmd + pfr_weight · pfr
 
@@ -16,7 +16,7 @@ the PMD cross attention and their patches are zero in PFR, so their pixels
 cannot change any output.
 
 Distributed training: each process computes the losses of its local pairs
-against the batch gathered from all processes (see modules/losses.py). ICL
+against the batch gathered from all processes (see modules/losses.py and docs/training.md). ICL
 negatives and PMD hard negatives therefore come from the GLOBAL batch, and the
 update with DDP-averaged gradients equals a single-process step on the whole
 batch. Shards must have equal shapes (same batch size and frame count).
@@ -25,68 +25,23 @@ batch. Shards must have equal shapes (same batch size and frame count).
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, fields
 from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from modules.clip_vit import VisionConfig, VisionTransformer
+from modules.clip_vit import VisionTransformer
+from modules.config import RICEConfig
 from modules.heads import PairwiseMatchingDecoder, ReconstructionWeights, drop_cls, load_text_init, pair_scores
 from modules.losses import at_least_fp32, contrastive_loss, hard_negative_candidates, matching_loss, reconstruction_error
-from utils.distributed import all_gather, all_gather_with_grad, get_rank
+from utils.errors import CheckpointError, ConfigError
+from utils.runtime.distributed import all_gather, all_gather_with_grad, get_rank
 
-if TYPE_CHECKING:  # modules/checkpoint.py is written by the "encoder" stream
+if TYPE_CHECKING:
     from modules.checkpoint import LoadedCheckpoint
 
 log = logging.getLogger(__name__)
-
-SIM_HEADERS = ("mean_pooling", "cross_attention")
-VIDEO_POOLINGS = ("v1", "v2")
-
-
-@dataclass
-class RICEConfig:
-    vision: VisionConfig
-    sim_header: str = "mean_pooling"  # "cross_attention" adds PMD
-    cross_num_hidden_layers: int = 2  # PMD depth L: L-1 self blocks + 1 cross block
-    recons_feat: bool = False  # PFR, needs cross_attention
-    pmd_heads: int = 8
-    video_pooling: str = "v1"  # "v1" | "v2" (SPEC §3)
-    logit_scale: float = 100.0  # ICL and PMD training scale
-    pmd_weight: float = 1.0
-    pfr_weight: float = 0.05
-    num_hard_negatives: int = 3
-    pmd_chunk_size: int = 16  # pairs per PMD chunk
-
-    def __post_init__(self):
-        if self.sim_header not in SIM_HEADERS:
-            raise ValueError(f"sim_header must be one of {SIM_HEADERS}, got {self.sim_header!r}")
-        if self.video_pooling not in VIDEO_POOLINGS:
-            raise ValueError(f"video_pooling must be one of {VIDEO_POOLINGS}, got {self.video_pooling!r}")
-        if self.recons_feat and self.sim_header != "cross_attention":
-            raise ValueError("recons_feat (PFR) needs sim_header='cross_attention' (PMD)")
-        if self.pmd_chunk_size < 1 or self.num_hard_negatives < 0:
-            raise ValueError("pmd_chunk_size must be >= 1 and num_hard_negatives >= 0")
-
-    @property
-    def use_pmd(self) -> bool:
-        return self.sim_header == "cross_attention"
-
-    def to_dict(self) -> dict:
-        return asdict(self)  # `vision` becomes a plain dict
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "RICEConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown RICEConfig keys {unknown}; known keys: {sorted(known)}")
-        d = dict(d)
-        if isinstance(d.get("vision"), dict):
-            d["vision"] = VisionConfig(**d["vision"])
-        return cls(**d)
 
 
 class RICEModel(nn.Module):
@@ -119,7 +74,7 @@ class RICEModel(nn.Module):
         config does not build are skipped with a log line; any other missing or
         unexpected key is an error.
         """
-        config = config_for_checkpoint(ckpt)
+        config = ckpt.model_config()
         if config_overrides:
             config = RICEConfig.from_dict({**config.to_dict(), **config_overrides})
         model = cls(config)
@@ -131,7 +86,7 @@ class RICEModel(nn.Module):
         state.update({k: v for k, v in ckpt.heads_state.items() if k.split(".")[0] in built})
         missing, unexpected = model.load_state_dict(state, strict=False)
         if missing or unexpected:
-            raise ValueError(
+            raise CheckpointError(
                 f"{ckpt.path}: checkpoint does not match the model built for it "
                 f"(missing {missing[:8]}{'...' if len(missing) > 8 else ''}, "
                 f"unexpected {unexpected[:8]}{'...' if len(unexpected) > 8 else ''})"
@@ -141,7 +96,7 @@ class RICEModel(nn.Module):
     def init_from_clip(self, ckpt: "LoadedCheckpoint") -> None:
         """Start training from CLIP: load the encoder; PMD self block 0 and positions from the text tower."""
         if ckpt.vision != self.config.vision:
-            raise ValueError(
+            raise CheckpointError(
                 f"{ckpt.path}: encoder {ckpt.vision} does not match the model's {self.config.vision}"
             )
         self.visual.load_state_dict(ckpt.visual_state, strict=True)
@@ -153,6 +108,29 @@ class RICEModel(nn.Module):
         else:
             log.info("%s has no CLIP text tower: PMD self block and position embeddings keep their random init",
                      ckpt.path)
+
+    @classmethod
+    def from_rice_init(cls, ckpt: "LoadedCheckpoint", config: RICEConfig) -> "RICEModel":
+        """A model of `config` (the heads the flags ask for) started from a RICE checkpoint.
+
+        The encoder loads strictly; each head the checkpoint holds loads too,
+        heads it lacks keep their initialisation. The PMD depth must agree.
+        """
+        stored = ckpt.heads
+        if stored is not None and config.use_pmd and stored.cross_num_hidden_layers != config.cross_num_hidden_layers:
+            raise ConfigError(f"{ckpt.path} has a PMD of depth {stored.cross_num_hidden_layers}; pass "
+                              f"--cross_num_hidden_layers {stored.cross_num_hidden_layers}")
+        model = cls(config)
+        model.visual.load_state_dict(ckpt.visual_state, strict=True)
+        built = {name for name, module in model.named_children() if module is not None and name != "visual"}
+        state = {k: v for k, v in ckpt.heads_state.items() if k.split(".")[0] in built}
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if unexpected:
+            raise CheckpointError(f"{ckpt.path}: tensors that do not fit the model: {unexpected[:8]}")
+        missing_heads = sorted({k.split(".")[0] for k in missing if not k.startswith("visual.")})
+        log.info("initialised from %s (%s)%s", ckpt.path, ckpt.format,
+                 f"; heads not in the checkpoint start fresh: {missing_heads}" if missing_heads else "")
+        return model
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute encoder blocks and PMD chunks in the backward pass to save memory."""
@@ -330,24 +308,6 @@ class RICEModel(nn.Module):
         frame_valid = video_mask[positive_video].view(p, -1, n)[:, :, 1:, None]
         video = (video * frame_valid).reshape(p, -1, e)
         return scores, reconstruction_error(weights, video, image_tokens[rows][:, 1:])
-
-
-def config_for_checkpoint(ckpt: "LoadedCheckpoint") -> RICEConfig:
-    """The RICEConfig a loaded checkpoint describes (stored for our format, inferred otherwise)."""
-    stored = ckpt.extra.get("model_config") if ckpt.format == "ours" else None
-    if stored is not None:
-        return RICEConfig.from_dict({**stored, "vision": ckpt.vision})
-    heads = ckpt.heads
-    if heads is None:
-        return RICEConfig(vision=ckpt.vision, video_pooling=ckpt.video_pooling)
-    return RICEConfig(
-        vision=ckpt.vision,
-        sim_header=heads.sim_header,
-        cross_num_hidden_layers=heads.cross_num_hidden_layers,
-        recons_feat=heads.recons_feat,
-        pmd_heads=heads.pmd_heads,
-        video_pooling=ckpt.video_pooling,
-    )
 
 
 def _check_images(images: torch.Tensor, size: int) -> None:

@@ -1,4 +1,4 @@
-"""Random state dicts in the layouts of SPEC §5, written from the spec's key lists.
+"""Random state dicts in the layouts of docs/checkpoints.md, written from the key lists of docs/checkpoints.md.
 
 These are the oracles for the encoder and checkpoint tests: the key names
 and shapes are spelled out here by hand, independently of `modules/`.
@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from modules.clip_vit import VisionConfig
+from modules.config import VisionConfig
 
 
 def _block(prefix: str, width: int, gen: torch.Generator) -> dict[str, Tensor]:
@@ -82,7 +82,7 @@ def openai_state_dict(config: VisionConfig, seed: int = 0, text_layers: int = 1)
 
 def v1_heads(width: int, gen: torch.Generator, self_blocks: int = 1, cross: bool = True,
              pmd_heads: int | None = 8) -> dict[str, Tensor]:
-    """RICE v1 PMD keys (and PFR keys when `pmd_heads` is given), SPEC §5.1."""
+    """RICE v1 PMD keys (and PFR keys when `pmd_heads` is given), docs/checkpoints.md."""
     state = {
         "cross.embeddings.position_embeddings.weight": _random("pos", (77, width), gen),
         "cross.pooler.ln_pool.weight": _random("ln_pool.weight", (width,), gen),

@@ -1,4 +1,7 @@
-"""Fixtures shared by the training tests."""
+"""Fixtures shared by the tests."""
+
+import contextlib
+import re
 
 import pytest
 
@@ -15,3 +18,23 @@ def small_data(tmp_path_factory):
     make_synthetic_dataset(root, seed=0, num_train_lives=4, num_val_lives=2, num_test_lives=2,
                            mf_train_products=4, mf_test_products=4)
     return root
+
+
+@pytest.fixture
+def expect_error(capsys):
+    """`with expect_error("pattern"): main([...])`: the call exits with code 2 and `pattern` on stderr.
+
+    Errors the user can cause (utils.errors.RiceError) come out as ONE line
+    `error: ...`; argparse usage errors as usage plus `...: error: ...`.
+    """
+
+    @contextlib.contextmanager
+    def check(pattern: str):
+        with pytest.raises(SystemExit) as exited:
+            yield
+        err = capsys.readouterr().err
+        assert exited.value.code == 2, f"exit code {exited.value.code}, stderr: {err}"
+        assert re.search(pattern, err), f"{pattern!r} not in stderr: {err}"
+        assert "Traceback" not in err, err
+
+    return check

@@ -14,9 +14,9 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from modules.rice import RICEConfig, RICEModel
-from utils.distributed import all_reduce_mean, get_rank, get_world_size
-from utils.engine import _accumulated_backward
-from utils.precision import Precision
+from utils.runtime.distributed import all_reduce_mean, get_rank, get_world_size
+from utils.train.engine import _accumulated_backward
+from utils.runtime.precision import Precision
 
 
 def main(argv: list[str]) -> None:

@@ -2,13 +2,16 @@
 import logging
 import shutil
 
+import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from dataloaders import (ClipDataset, ImageDataset, PairDataset, SkipReport, build_transform,
-                         collate_clips, collate_images, collate_pairs, load_lpr4m_test, load_lpr4m_train)
+from dataloaders.datasets import ClipDataset, ImageDataset, PairDataset, SkipReport, collate_samples
+from dataloaders.lpr4m import load_lpr4m_test, load_lpr4m_train
+from dataloaders.transforms import build_transform
 from dataloaders.records import TrainPair
+from dataloaders.sampling import train_frame_indices
 from dataloaders.synthetic import make_synthetic_dataset
 
 TINY = dict(num_train_lives=2, num_val_lives=1, num_test_lives=1, products_per_shop=4, categories_per_shop=2,
@@ -47,36 +50,42 @@ def _copy_pairs(pairs, tmp_path):
     return out
 
 
+def _train_choice(n: int, seed: int, index: int, epoch: int = 0) -> list[int]:
+    """The frames PairDataset picks for sample `index` (the training rule with its per-sample rng)."""
+    return train_frame_indices(n, 10, np.random.default_rng((seed, epoch, index)))
+
+
 def test_bad_frame_is_dropped_and_reported(lpr, t64, tmp_path):
     pairs = _copy_pairs(load_lpr4m_train(lpr), tmp_path)
     n = len(pairs[0].frame_paths)
     open(pairs[0].frame_paths[1], "wb").write(b"not a jpeg")          # corrupt
-    ds = PairDataset(pairs, t64, t64, max_frames=10, train=False)        # eval rule: all n <= 10 frames
+    ds = PairDataset(pairs, t64, t64, max_frames=10, seed=42)
+    chosen = _train_choice(n, seed=42, index=0)
     item = ds[0]
     assert item["index"] == 0 and item["replaced"] == 0
-    assert int(item["frame_mask"].sum()) == min(n, 10) - 1
-    assert item["skipped"] == [pairs[0].frame_paths[1]]
+    assert int(item["frame_mask"].sum()) == len(chosen) - (1 in chosen)
+    assert item["skipped"] == ([pairs[0].frame_paths[1]] if 1 in chosen else [])
 
 
 def test_clip_without_readable_frames_is_replaced_by_the_next_sample(lpr, t64, tmp_path, caplog):
     pairs = _copy_pairs(load_lpr4m_train(lpr), tmp_path)
     for f in pairs[1].frame_paths:
         shutil.os.remove(f)
-    ds = PairDataset(pairs, t64, t64, max_frames=10, train=False)
+    ds = PairDataset(pairs, t64, t64, max_frames=10, seed=42)
+    bad = [pairs[1].frame_paths[i] for i in _train_choice(len(pairs[1].frame_paths), seed=42, index=1)]
     item = ds[1]
     assert item["index"] == 2 and item["replaced"] == 1
-    assert item["skipped"] == pairs[1].frame_paths[:10]
+    assert item["skipped"] == bad
     assert torch.equal(item["frames"], ds[2]["frames"])
     # aggregated across worker processes by the collate function, reported once by SkipReport
-    loader = DataLoader(ds, batch_size=2, num_workers=2, collate_fn=collate_pairs)
+    loader = DataLoader(ds, batch_size=2, num_workers=2, collate_fn=collate_samples)
     report = SkipReport("train", max_examples=3)
     for batch in loader:
         report.update(batch)
-    assert report.num_skipped == len(pairs[1].frame_paths[:10]) and report.num_replaced == 1
+    assert report.num_skipped == len(bad) and report.num_replaced == 1
     with caplog.at_level(logging.WARNING):
         line = report.log(epoch=0)
-    n_bad = min(10, len(pairs[1].frame_paths))
-    assert line.startswith(f"epoch 0 train: {n_bad} unreadable files skipped, 1 samples replaced")
+    assert line.startswith(f"epoch 0 train: {len(bad)} unreadable files skipped, 1 samples replaced")
     assert pairs[1].frame_paths[0] in line and line in caplog.text
     assert report.log(epoch=1) is None            # reset after logging; nothing to report
 
@@ -101,9 +110,9 @@ def test_eval_datasets_mark_missing_inputs(lpr, t64, tmp_path):
     split.gallery[1].path = str(tmp_path / "gone.jpg")
     images = ImageDataset(split.gallery, t64)
     assert images[1]["ok"] is False and images[1]["image"].eq(0).all() and images[0]["ok"] is True
-    batch = collate_images([images[0], images[1]])
+    batch = collate_samples([images[0], images[1]])
     assert batch["ok"].tolist() == [True, False] and batch["skipped"] == [split.gallery[1].path]
-    assert collate_clips([clips[0], clips[1]])["frames"].shape == (2, 10, 3, 32, 32)
+    assert collate_samples([clips[0], clips[1]])["frames"].shape == (2, 10, 3, 32, 32)
     with pytest.raises(ValueError, match="deterministic transform"):
         ClipDataset(split.queries, build_transform("v2", train=True, image_size=32))
 
@@ -111,7 +120,7 @@ def test_eval_datasets_mark_missing_inputs(lpr, t64, tmp_path):
 def _batches(ds, workers, seed=None):
     g = torch.Generator().manual_seed(seed) if seed is not None else None
     loader = DataLoader(ds, batch_size=3, shuffle=seed is not None, generator=g, num_workers=workers,
-                        collate_fn=collate_pairs)
+                        collate_fn=collate_samples)
     return [batch for batch in loader]
 
 
@@ -133,5 +142,5 @@ def test_training_batches_repeat_with_the_same_seed(lpr):
 def test_eval_batches_are_identical_across_runs(lpr, t64):
     split = load_lpr4m_test(lpr)
     run = lambda w: list(DataLoader(ClipDataset(split.queries, t64), batch_size=4, num_workers=w,  # noqa: E731
-                                    collate_fn=collate_clips))
+                                    collate_fn=collate_samples))
     assert _same(run(0), run(2))

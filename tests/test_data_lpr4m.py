@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from dataloaders import DataError, load_lpr4m_test, load_lpr4m_train
+from dataloaders.lpr4m import load_lpr4m_test, load_lpr4m_train
+from utils.errors import DataError
 from dataloaders.img2dataset_index import id_from_url, load_img2dataset_index
 from dataloaders.synthetic import make_synthetic_dataset
 from tools.index_img2dataset import main as index_main

@@ -6,7 +6,8 @@ from pathlib import Path
 import av
 import pytest
 
-from dataloaders import DataError, load_movingfashion_test, load_movingfashion_train
+from dataloaders.movingfashion import load_movingfashion_test, load_movingfashion_train
+from utils.errors import DataError
 from dataloaders.synthetic import make_synthetic_dataset
 from tools.prepare_movingfashion import main as prepare_main
 

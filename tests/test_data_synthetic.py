@@ -1,4 +1,4 @@
-"""The synthetic generator: deterministic, sized by its options, SPEC §6.2 ids, a real retrieval problem."""
+"""The synthetic generator: deterministic, sized by its options, docs/data.md ids, a real retrieval problem."""
 import filecmp
 import json
 import re
@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from dataloaders import load_lpr4m_test, load_lpr4m_train, load_movingfashion_test, load_movingfashion_train
+from dataloaders.lpr4m import load_lpr4m_test, load_lpr4m_train
+from dataloaders.movingfashion import load_movingfashion_test, load_movingfashion_train
 from tools.make_synthetic_data import main as make_main
 
 UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}"

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from modules.clip_vit import VISION_CONFIGS
+from modules.config import VISION_CONFIGS
 from modules.rice import RICEConfig, RICEModel
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,7 +55,7 @@ def test_two_process_step_equals_single_process_step(tmp_path):
 
 
 def test_helpers_without_process_group_are_identity():
-    from utils import distributed
+    from utils.runtime import distributed
 
     x = torch.randn(3, 2, requires_grad=True)
     assert distributed.get_rank() == 0 and distributed.get_world_size() == 1 and distributed.is_main_process()

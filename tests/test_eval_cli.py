@@ -20,9 +20,12 @@ import torch
 
 import lpr4m_embedding_eval
 import movingfashion_eval
-from dataloaders import build_transform, live_id_of, load_lpr4m_test, load_rgb
+from dataloaders.lpr4m import load_lpr4m_test
+from dataloaders.records import live_id_of
+from dataloaders.transforms import build_transform, load_rgb
 from dataloaders.synthetic import make_synthetic_dataset
-from modules.clip_vit import VISION_CONFIGS, ResidualAttentionBlock
+from modules.config import VISION_CONFIGS
+from modules.clip_vit import ResidualAttentionBlock
 from modules.checkpoint import load_checkpoint
 from modules.rice import RICEConfig, RICEModel
 
@@ -52,7 +55,7 @@ def _text_tower(width: int) -> dict:
 
 
 def _v1_dtype(name: str, t: torch.Tensor) -> torch.Tensor:
-    """v1 files store conv/linear/attention weights in fp16 (SPEC §5.1)."""
+    """v1 files store conv/linear/attention weights in fp16 (docs/checkpoints.md)."""
     return t.half() if t.dim() >= 2 and "embedding" not in name and not name.endswith("proj") else t
 
 
@@ -211,8 +214,8 @@ def test_default_reranking_depth_and_one_stage(data, ckpts, tmp_path):
         ("v1_pmd.bin", ["--precision", "fp16"], "fp16 needs a GPU"),
     ],
 )
-def test_flags_contradicting_the_checkpoint_fail_clearly(data, ckpts, tmp_path, ckpt_name, flags, message):
-    with pytest.raises(SystemExit, match=message):
+def test_flags_contradicting_the_checkpoint_fail_clearly(data, ckpts, tmp_path, ckpt_name, flags, message, expect_error):
+    with expect_error(message):
         run_eval(data, ckpts[ckpt_name], tmp_path, *flags)
     assert not (tmp_path / "metrics.json").exists()
 

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from modules.clip_vit import VisionConfig
+from modules.config import VisionConfig
 from modules.heads import (
     PMD_LAYER_NORM_EPS,
     CrossAttentionBlock,
@@ -18,7 +18,7 @@ from modules.rice import RICEConfig, RICEModel
 
 
 def _v1_head_shapes(e: int, heads: int = 8) -> dict[str, tuple]:
-    """SPEC §5.1: every PMD/PFR tensor of a v1 ICL+PMD+PFR checkpoint with PMD width e."""
+    """docs/checkpoints.md: every PMD/PFR tensor of a v1 ICL+PMD+PFR checkpoint with PMD width e."""
     shapes = {
         "cross.embeddings.position_embeddings.weight": (77, e),
         "similarity_dense.weight": (1, e),

@@ -1,4 +1,4 @@
-"""utils.metrics against a brute-force reference written here independently.
+"""utils.eval.metrics against a brute-force reference written here independently.
 
 Features are small integers so every dot product is exact in float32 and ties
 are real ties, whatever order the matrix product sums in.
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from utils.metrics import Ranking, first_hit_ranks, rank_gallery, recall_at_k, stable_topk
+from utils.eval.metrics import Ranking, first_hit_ranks, rank_gallery, recall_at_k, stable_topk
 
 
 def reference_ranking(queries, gallery, ids, k, q_groups=None, g_groups=None, valid=None):

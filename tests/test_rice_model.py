@@ -2,13 +2,13 @@
 
 import logging
 import math
-from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from modules.clip_vit import VISION_CONFIGS
+from modules.checkpoint import HeadsConfig, LoadedCheckpoint
+from modules.config import VISION_CONFIGS
 from modules.losses import contrastive_loss
 from modules.rice import RICEConfig, RICEModel
 
@@ -178,14 +178,14 @@ def test_pfr_gradient_reaches_the_model_only_through_attention_maps():
 
 # ---------------------------------------------------------------- checkpoints
 def _fake_loaded(model: RICEModel, fmt="rice_v1", text_init=None, path="fake.bin"):
-    """A LoadedCheckpoint-shaped object (CONTRACTS §2) holding `model`'s tensors."""
+    """A LoadedCheckpoint holding `model`'s tensors, as if read from a file of format `fmt`."""
     state = model.state_dict()
     c = model.config
     heads = None
     if c.use_pmd:
-        heads = SimpleNamespace(sim_header=c.sim_header, cross_num_hidden_layers=c.cross_num_hidden_layers,
-                                recons_feat=c.recons_feat, pmd_heads=c.pmd_heads)
-    return SimpleNamespace(
+        heads = HeadsConfig(sim_header=c.sim_header, cross_num_hidden_layers=c.cross_num_hidden_layers,
+                            recons_feat=c.recons_feat, pmd_heads=c.pmd_heads)
+    return LoadedCheckpoint(
         path=path, format=fmt, vision=c.vision,
         visual_state={k.removeprefix("visual."): v for k, v in state.items() if k.startswith("visual.")},
         heads_state={k: v for k, v in state.items() if not k.startswith("visual.")},
@@ -241,7 +241,7 @@ def test_init_from_clip_with_and_without_text_tower(caplog):
 
 
 def _write_v1_checkpoint(path, model: RICEModel, text_width: int):
-    """A v1 `pytorch_model.bin` layout (SPEC §5.1): `clip.` encoder + text tower, heads, fp16 weights."""
+    """A v1 `pytorch_model.bin` layout (docs/checkpoints.md): `clip.` encoder + text tower, heads, fp16 weights."""
     state = {}
     for k, v in model.state_dict().items():
         key = "clip." + k if k.startswith("visual.") else k
@@ -261,7 +261,7 @@ def _write_v1_checkpoint(path, model: RICEModel, text_width: int):
 
 
 def test_v1_checkpoint_file_loads_with_every_key(tmp_path):
-    checkpoint = pytest.importorskip("modules.checkpoint", reason="modules/checkpoint.py (encoder stream) not merged")
+    from modules import checkpoint
     source = _model()
     path = tmp_path / "pytorch_model.bin.1"
     _write_v1_checkpoint(path, source, text_width=TINY.embed_dim)

@@ -19,10 +19,10 @@ import yaml
 import lpr4m_train
 from modules.checkpoint import load_checkpoint
 from tests.clip_state_dicts import openai_state_dict
-from modules.clip_vit import VISION_CONFIGS
-from utils import trainer
-from utils.logging import read_log
-from utils.scheduler import lr_factor
+from modules.config import VISION_CONFIGS
+from utils.train import trainer
+from utils.train.logs import read_log
+from utils.train.scheduler import lr_factor
 
 
 def _run(data, out, *extra: str, steps: int | None = 2) -> dict:
@@ -69,11 +69,11 @@ def test_seed_changes_weights_and_worker_count_does_not(small_data, tmp_path):
     assert not _same(a, c)
 
 
-def test_max_frames_batch_size_and_accumulation_shape_the_steps(small_data, tmp_path, recorded_steps):
+def test_max_frames_batch_size_and_accumulation_shape_the_steps(small_data, tmp_path, recorded_steps, expect_error):
     _run(small_data, tmp_path / "a", "--max_frames", "3", "--batch_size", "16", "--gradient_accumulation_steps", "2",
          steps=1)
     assert recorded_steps[0]["frames"][:2] == (16, 3) and recorded_steps[0]["accumulation"] == 2
-    with pytest.raises(SystemExit, match="cannot be split into --gradient_accumulation_steps 3"):
+    with expect_error("cannot be split into --gradient_accumulation_steps 3"):
         _run(small_data, tmp_path / "b", "--gradient_accumulation_steps", "3", steps=1)
 
 
@@ -93,7 +93,7 @@ def test_train_annotation_selects_the_pairs(small_data, tmp_path):
     assert result["step"] == 2  # 16 pairs / batch 8 (the full file: 6 steps per epoch)
 
 
-def test_index_reads_the_original_id_layout(small_data, tmp_path):
+def test_index_reads_the_original_id_layout(small_data, tmp_path, expect_error):
     """The same pairs given as ids + an img2dataset index train exactly like the release paths."""
     root = small_data / "lpr4m"
     release = next((root / "annotations").glob("training_videoinfo_4*.txt"))
@@ -114,7 +114,7 @@ def test_index_reads_the_original_id_layout(small_data, tmp_path):
     by_id = _weights(_run(small_data, tmp_path / "ids", "--train_annotation", str(ids_file), "--index",
                           str(index_file)))
     assert _same(by_path, by_id)
-    with pytest.raises(SystemExit, match="index .*not found"):
+    with expect_error("index .*not found"):
         _run(small_data, tmp_path / "bad", "--index", str(tmp_path / "missing.tsv"))
 
 
@@ -246,13 +246,13 @@ def test_save_every_steps(small_data, tmp_path, monkeypatch):
     assert [s[0] for s in saved] == ["last.pt", "model.pt"]
 
 
-def test_precision_flags(small_data, tmp_path, recorded_steps):
+def test_precision_flags(small_data, tmp_path, recorded_steps, expect_error):
     fp32 = _weights(_run(small_data, tmp_path / "fp32"))
     bf16 = _run(small_data, tmp_path / "bf16", "--precision", "bf16")
     assert recorded_steps[-1]["precision"] == "bf16"
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in read_log(tmp_path / "bf16" / "log.jsonl"))
     assert not _same(fp32, _weights(bf16))
-    with pytest.raises(SystemExit, match="fp16 needs a GPU"):
+    with expect_error("fp16 needs a GPU"):
         _run(small_data, tmp_path / "fp16", "--precision", "fp16")
 
 
@@ -282,8 +282,8 @@ def test_progress_bar_only_without_no_progress(small_data, tmp_path, monkeypatch
     assert "train:" not in capsys.readouterr().err
 
 
-def test_resume_flag(small_data, tmp_path):
-    with pytest.raises(SystemExit, match="no such checkpoint file"):
+def test_resume_flag(small_data, tmp_path, expect_error):
+    with expect_error("no such checkpoint file"):
         _run(small_data, tmp_path / "a", "--resume", str(tmp_path / "nothing.pt"))
     fresh = _run(small_data, tmp_path / "b", "--resume", "latest", steps=3)  # nothing to resume: starts afresh
     assert fresh["step"] == 3
@@ -315,15 +315,15 @@ def test_validate_one_stage_and_val_max_queries(small_data, tmp_path, monkeypatc
     assert not any("val" in r for r in read_log(tmp_path / "off" / "log.jsonl"))
 
 
-def test_device_flag(small_data, tmp_path):
+def test_device_flag(small_data, tmp_path, expect_error):
     result = _run(small_data, tmp_path / "cpu", "--device", "cpu", steps=1)
     assert next(result["model"].parameters()).device.type == "cpu"
     if not torch.cuda.is_available():
-        with pytest.raises(RuntimeError, match="no GPU is visible"):
+        with expect_error("no GPU is visible"):
             _run(small_data, tmp_path / "cuda", "--device", "cuda", steps=1)
 
 
-def test_config_yaml_is_overridden_by_the_command_line(small_data, tmp_path):
+def test_config_yaml_is_overridden_by_the_command_line(small_data, tmp_path, expect_error):
     config = tmp_path / "c.yaml"
     config.write_text("lr: 0.5\nweight_decay: 0.3\nsim_header: cross_attention\n")
     _run(small_data, tmp_path / "run", "--config", str(config), "--lr", "0.01", steps=1)
@@ -334,12 +334,12 @@ def test_config_yaml_is_overridden_by_the_command_line(small_data, tmp_path):
     assert {k: v for k, v in resaved.items() if k != "output_dir"} == \
         {k: v for k, v in saved.items() if k != "output_dir"} and again["step"] == 1
     config.write_text("sim_headr: cross_attention\n")
-    with pytest.raises(SystemExit, match="unknown keys \\['sim_headr'\\]"):
+    with expect_error("unknown keys \\['sim_headr'\\]"):
         _run(small_data, tmp_path / "bad", "--config", str(config))
 
 
-def test_resume_with_other_model_flags_is_a_clear_error(small_data, tmp_path):
+def test_resume_with_other_model_flags_is_a_clear_error(small_data, tmp_path, expect_error):
     _run(small_data, tmp_path / "icl", steps=1)
-    with pytest.raises(SystemExit, match="holds another model than these flags build"):
+    with expect_error("holds another model than these flags build"):
         _run(small_data, tmp_path / "pmd", "--sim_header", "cross_attention", "--resume",
              str(tmp_path / "icl" / "checkpoints" / "last.pt"), steps=2)

@@ -102,7 +102,7 @@ def test_batch_not_divisible_by_processes(small_data, tmp_path):
 
 @pytest.mark.skipif(not torch.distributed.is_gloo_available(), reason="needs the gloo backend")
 def test_gloo_is_what_cpu_runs_use():
-    from utils.distributed import init_distributed
+    from utils.runtime.distributed import init_distributed
 
     env = init_distributed("cpu")  # no torchrun variables: a plain single process, no group
     assert (env.rank, env.world_size, env.device.type) == (0, 1, "cpu")

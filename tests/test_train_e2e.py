@@ -11,7 +11,7 @@ import pytest
 
 import lpr4m_embedding_eval
 import lpr4m_train
-from utils.logging import read_log
+from utils.train.logs import read_log
 
 ROWS = {
     "ICL": ["--sim_header", "mean_pooling", "--one_stage"],

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from tools import plot_logs
-from utils.params import build_parser
+from utils.train.params import build_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "scripts"
@@ -208,7 +208,7 @@ def test_config_has_its_rows_flags(recipe):
         assert cfg["sim_header"] == "cross_attention" and cfg["cross_num_hidden_layers"] == 2
         assert not cfg.get("one_stage", False)
         assert bool(cfg.get("recons_feat", False)) == (row == "icl_pmd_pfr")
-    # the v1 recipe (SPEC §4) at the README batch
+    # the v1 recipe (docs/training.md) at the README batch
     expected = {"model_config": "ViT-B/32", "max_frames": 10, "batch_size": 96, "lr": 3e-4, "coef_lr": 1e-3,
                 "weight_decay": 0.2, "warmup_proportion": 0.1, "seed": 42}
     assert {k: cfg[k] for k in expected} == expected

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from utils.logging import read_log
+from utils.train.logs import read_log
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 300

@@ -96,7 +96,7 @@ def plot_runs(logs: dict[str, Path], output: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from utils.logging import read_log
+    from utils.train.logs import read_log
 
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for color, (name, path) in zip(("C0", "C1", "C2"), logs.items()):
@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> dict:
     # Imported here so `--help` is instant and importing this module has no cost.
     import lpr4m_embedding_eval
     import lpr4m_train
-    from dataloaders import load_lpr4m_test
+    from dataloaders.lpr4m import load_lpr4m_test
     from dataloaders.synthetic import make_synthetic_dataset
 
     out = Path(args.output_dir)

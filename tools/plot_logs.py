@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
-from utils.logging import read_log  # noqa: E402  (after the path set-up)
+from utils.train.logs import read_log  # noqa: E402  (after the path set-up)
 
 LOSS_KEYS = ("loss", "icl", "pmd", "pfr")
 LOSS_STYLES = {"loss": "-", "icl": "--", "pmd": "-.", "pfr": ":"}

@@ -1,4 +1,4 @@
-"""AdamW with the v1 parameter groups (SPEC §4).
+"""AdamW with the v1 parameter groups (docs/training.md).
 
 Four groups: {CLIP encoder, new modules} x {decayed, not decayed}. The
 encoder (`visual.*`) learns at `lr * coef_lr`, the new modules (PMD, PFR) at

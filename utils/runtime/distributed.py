@@ -16,10 +16,16 @@ shards have equal size.
 from __future__ import annotations
 
 import os
+import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from tqdm import tqdm
+
+from utils.errors import ConfigError
+from utils.runtime.precision import autocast
 
 
 def is_distributed() -> bool:
@@ -94,39 +100,75 @@ def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
 
 
 @dataclass
-class DistEnv:
-    """Where this process runs: global rank, rank on its machine, world size, device."""
+class Runtime:
+    """Where this process runs (rank, rank on its machine, world size, device) and how it computes."""
 
     rank: int = 0
     local_rank: int = 0
     world_size: int = 1
     device: torch.device = torch.device("cpu")
+    precision: str = "fp32"  # for `autocast`
+    progress: bool = True  # progress bars on the main process
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
 
+    def autocast(self):
+        """Mixed-precision context of `precision` on this device (a no-op in fp32)."""
+        return autocast(self.precision, self.device)
 
-def init_distributed(device: str | None = None) -> DistEnv:
-    """Join the process group `torchrun` describes in the environment, or run alone.
+    def log(self, message: str) -> None:
+        """Print once (on the main process), without breaking tqdm bars."""
+        if self.is_main:
+            tqdm.write(message)
 
-    torchrun (single- or multi-node, any rendezvous) sets RANK, LOCAL_RANK and
-    WORLD_SIZE; the group is initialised from those with NCCL when the process
-    has a GPU and gloo otherwise. Without them this is a plain one-process run
-    and no group is created. `device` ("cpu" or "cuda") forces the device type.
+
+def init_distributed(device: str | None = None, precision: str = "fp32", progress: bool = True) -> Runtime:
+    """Join the process group the environment describes, or run alone.
+
+    torchrun (single- or multi-node, any rendezvous) and `spawn` set RANK,
+    LOCAL_RANK and WORLD_SIZE; the group is initialised from those with NCCL
+    when the process has a GPU and gloo otherwise. Without them this is a
+    plain one-process run and no group is created. `device` ("cpu" or
+    "cuda") forces the device type.
     """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = torch.cuda.is_available() if device is None else device == "cuda"
     if use_cuda and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda asked but no GPU is visible")
+        raise ConfigError("--device cuda, but no GPU is visible (check CUDA_VISIBLE_DEVICES and the driver); "
+                          "use --device cpu or leave --device out")
     dev = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
     if use_cuda:
         torch.cuda.set_device(dev)
     if world_size > 1 and not is_distributed():
         dist.init_process_group("nccl" if use_cuda else "gloo", rank=rank, world_size=world_size)
-    return DistEnv(rank=rank, local_rank=local_rank, world_size=world_size, device=dev)
+    return Runtime(rank, local_rank, world_size, dev, precision, progress)
+
+
+def spawn(fn: Callable, nprocs: int, *args) -> None:
+    """Run `fn(*args)` in `nprocs` new processes on this machine, each with torchrun's environment.
+
+    Each process calls `init_distributed` like a torchrun worker; `--n_gpu`
+    of the evaluation scripts uses this.
+    """
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_spawned, args=(nprocs, port, fn, args), nprocs=nprocs, join=True)
+
+
+def _spawned(rank: int, world_size: int, port: int, fn: Callable, args: tuple) -> None:
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    try:
+        fn(*args)
+    finally:
+        cleanup_distributed()
 
 
 def cleanup_distributed() -> None:
@@ -137,12 +179,3 @@ def cleanup_distributed() -> None:
 def barrier() -> None:
     if is_distributed():
         dist.barrier()
-
-
-def broadcast_object(obj, src: int = 0):
-    """`obj` of process `src` on every process (identity with no process group)."""
-    if not is_distributed():
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=src)
-    return box[0]

@@ -1,8 +1,8 @@
 """Command-line arguments of lpr4m_train.py, with an optional YAML `--config`.
 
-Precedence, lowest to highest: the defaults below (the v1 recipe of SPEC §4),
-the keys of the `--config` YAML file, the flags given on the command line.
-YAML keys are the argparse destination names (`sim_header`, `batch_size`,
+Precedence, lowest to highest: the defaults below (the v1 recipe of docs/training.md),
+the keys of the `--config` YAML file, `--row`, the flags given on the command line
+(utils/options.py). YAML keys are the argparse destination names (`sim_header`, `batch_size`,
 ...); an unknown key is an error, so a typo cannot be silently ignored. The
 resolved arguments are saved as `args.yaml` in the output folder, which is
 itself a valid `--config`.
@@ -13,12 +13,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import yaml
-
-from modules.clip_vit import VISION_CONFIGS
-
-DATASETS = ("lpr4m", "movingfashion", "synthetic")
-PRECISIONS = ("fp32", "bf16", "fp16")
+from dataloaders.registry import DATASETS
+from modules.config import STYLES, VISION_CONFIGS
+from utils.options import HelpFormatter, add_model_args, check_at_least, parse
+from utils.runtime.precision import PRECISIONS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,45 +24,36 @@ def build_parser() -> argparse.ArgumentParser:
         prog="lpr4m_train.py",
         description="Train RICE (ICL, +PMD, +PFR) on LPR4M, MovingFashion or built-in synthetic data. "
         "Runs as one process, or one process per GPU under torchrun (single or multi node).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--config", help="YAML file whose keys (flag names without --) become the defaults")
 
     data = p.add_argument_group("data")
-    data.add_argument("--dataset", choices=DATASETS, default="lpr4m",
-                      help="lpr4m: LPR750K/LPR4M layout; movingfashion: prepared MovingFashion root; "
-                      "synthetic: generate the built-in synthetic dataset (in --data_root, or in "
-                      "OUTPUT_DIR/synthetic_data when no --data_root is given) and train on it")
-    data.add_argument("--data_root", help="dataset root (SPEC §6 layouts)")
+    data.add_argument("--dataset", choices=sorted(DATASETS), default="lpr4m",
+                      help="; ".join(f"{name}: {spec.description}" for name, spec in DATASETS.items())
+                      + " (default: lpr4m)")
+    data.add_argument("--data_root", help="dataset root (layouts: docs/data.md)")
     data.add_argument("--train_annotation", help="LPR4M: training TSV (default: training_videoinfo_*.txt "
                       "found under DATA_ROOT or DATA_ROOT/annotations)")
     data.add_argument("--index", help="LPR4M downloaded with img2dataset: the index TSV of "
                       "tools/index_img2dataset.py (the annotations then hold ids, not paths)")
     data.add_argument("--max_frames", type=int, default=10, help="frames sampled per training clip")
-    data.add_argument("--transform_style", choices=("v1", "v2"), default="v1",
-                      help="v1: 224 bicubic squash for images and frames; v2: resize 256, random crop, flip")
+    data.add_argument("--transform_style", choices=STYLES, default="v1",
+                      help="v1: 224 bicubic squash for images and frames; v2: resize 256, random crop, flip. "
+                      "Saved with the model: evaluation and validation use the matching eval transform")
     data.add_argument("--num_workers", type=int, default=4, help="data-loading processes per training process")
 
-    model = p.add_argument_group("model (the ablation rows: SPEC §3.4)")
+    model = add_model_args(p, "model (the README rows: docs/method.md)")
     model.add_argument("--model_config", choices=sorted(VISION_CONFIGS), default="ViT-B/32",
                        help="encoder shape when no checkpoint gives one (tiny/small: tests and the demo)")
     model.add_argument("--pretrained_clip", help="local OpenAI CLIP checkpoint (ViT-B-32.pt) to start from; "
                        "without it (and without --init_model) the encoder starts from random weights")
     model.add_argument("--init_model", help="start from a RICE checkpoint of any supported format "
                        "(v1, v2 or ours); heads it lacks start from their initialisation")
-    model.add_argument("--sim_header", choices=("mean_pooling", "cross_attention"), default="mean_pooling",
-                       help="mean_pooling: ICL only; cross_attention: adds the pairwise matching decoder (PMD)")
-    model.add_argument("--one_stage", action="store_true",
-                       help="one retrieval stage (the ICL row's flag): --validate ranks by embedding only. "
-                       "Without it, validation of a PMD model also reports PMD re-ranking of the top 5")
-    model.add_argument("--cross_num_hidden_layers", type=int, default=2,
-                       help="PMD depth L: L-1 self-attention blocks then one cross-attention block")
-    model.add_argument("--recons_feat", action="store_true",
-                       help="add patch feature reconstruction (PFR, needs --sim_header cross_attention)")
     model.add_argument("--grad_checkpointing", action="store_true",
                        help="recompute encoder blocks and PMD chunks in the backward pass (less memory)")
 
-    optim = p.add_argument_group("optimisation (v1 recipe, SPEC §4)")
+    optim = p.add_argument_group("optimisation (v1 recipe, docs/training.md)")
     optim.add_argument("--batch_size", type=int, default=96,
                        help="GLOBAL batch of (image, clip) pairs per optimizer step, split over all processes")
     optim.add_argument("--gradient_accumulation_steps", type=int, default=1,
@@ -107,70 +96,40 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _config_defaults(parser: argparse.ArgumentParser, path: str) -> dict:
-    file = Path(path)
-    if not file.is_file():
-        raise SystemExit(f"error: --config {path}: no such file")
-    try:
-        values = yaml.safe_load(file.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise SystemExit(f"error: --config {path} is not valid YAML: {err}") from None
-    if not isinstance(values, dict):
-        raise SystemExit(f"error: --config {path} must hold a mapping of flag names to values")
-    known = {a.dest for a in parser._actions} - {"help", "config"}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise SystemExit(f"error: --config {path}: unknown keys {unknown} (keys are flag names without '--', "
-                         "e.g. sim_header, batch_size)")
-    choices = {a.dest: a.choices for a in parser._actions if a.choices}
-    unset = {a.dest for a in parser._actions if a.default is None}  # None means "not given" (args.yaml)
-    for key, value in values.items():
-        if key in choices and value not in choices[key] and not (value is None and key in unset):
-            raise SystemExit(f"error: --config {path}: {key}: {value!r} is not one of {list(choices[key])}")
-    return values
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """Defaults < YAML --config < command line; then check the combination."""
+    """Defaults < YAML --config < --row < command line; then check the combination."""
     parser = build_parser()
-    pre, _ = parser.parse_known_args(argv)
-    if pre.config:
-        parser.set_defaults(**_config_defaults(parser, pre.config))
-    args = parser.parse_args(argv)
+    args = parse(parser, argv)
     check_args(parser, args)
     return args
 
 
 def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Flag combinations that can never work, reported as a usage error."""
-    positive = ("max_frames", "batch_size", "gradient_accumulation_steps", "epochs", "cross_num_hidden_layers",
-                "log_every_steps")
-    for name in positive:
-        if getattr(args, name) < 1:
-            parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
-    for name in ("num_workers", "save_every_steps", "keep_checkpoints", "lr", "coef_lr", "weight_decay",
-                 "clip_grad_norm"):
-        if getattr(args, name) < 0:
-            parser.error(f"--{name} must be >= 0, got {getattr(args, name)}")
-    if args.max_steps is not None and args.max_steps < 1:
-        parser.error(f"--max_steps must be >= 1, got {args.max_steps}")
-    if args.val_max_queries is not None and args.val_max_queries < 1:
-        parser.error(f"--val_max_queries must be >= 1, got {args.val_max_queries}")
+    check_at_least(parser, args, 1, ("max_frames", "batch_size", "gradient_accumulation_steps", "epochs",
+                                     "log_every_steps", "max_steps", "val_max_queries"))
+    check_at_least(parser, args, 0, ("num_workers", "save_every_steps", "keep_checkpoints", "lr", "coef_lr",
+                                     "weight_decay", "clip_grad_norm"))
     if not 0.0 <= args.warmup_proportion < 1.0:
         parser.error(f"--warmup_proportion must be in [0, 1), got {args.warmup_proportion}")
-    if args.recons_feat and args.sim_header != "cross_attention":
-        parser.error("--recons_feat (PFR) needs --sim_header cross_attention: PFR reads the PMD attention maps")
-    if args.dataset != "synthetic" and not args.data_root:
+    spec = DATASETS[args.dataset]
+    if spec.needs_data_root and not args.data_root:
         parser.error(f"--data_root is required for --dataset {args.dataset}")
     if args.pretrained_clip and args.init_model:
         parser.error("give either --pretrained_clip (start from CLIP) or --init_model (start from a RICE "
                      "checkpoint), not both")
-    if args.validate and args.dataset == "movingfashion":
-        parser.error("--validate needs a validation split; the MovingFashion release has none "
+    if args.validate and spec.load_validation is None:
+        parser.error(f"--validate needs a validation split; the {args.dataset} release has none "
                      "(validate on --dataset lpr4m or synthetic, or drop --validate)")
 
 
 def save_args(args: argparse.Namespace, path: Path) -> None:
-    """Write the resolved arguments as YAML (loadable again with --config)."""
-    values = {k: v for k, v in sorted(vars(args).items()) if k != "config"}
+    """Write the resolved arguments as YAML (loadable again with --config).
+
+    `row` is written as null: the row's flags are already in the file, and a
+    row read back would override flags the run changed on its command line.
+    """
+    import yaml
+
+    values = {k: (None if k == "row" else v) for k, v in sorted(vars(args).items()) if k != "config"}
     path.write_text(yaml.safe_dump(values, sort_keys=True))

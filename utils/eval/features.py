@@ -11,43 +11,15 @@ Without a process group (one process) the same code runs with W = 1.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
-PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-@dataclass
-class Runtime:
-    """Where this process runs: its rank, the world size, its device, how to compute."""
-
-    rank: int = 0
-    world_size: int = 1
-    device: torch.device = torch.device("cpu")
-    precision: str = "fp32"
-    progress: bool = True
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    def autocast(self):
-        """Mixed-precision context for the encoder (a no-op in fp32)."""
-        if self.precision == "fp32":
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=PRECISIONS[self.precision])
-
-    def log(self, message: str) -> None:
-        """Print once (on the main process), without breaking tqdm bars."""
-        if self.is_main:
-            tqdm.write(message)
-
+from dataloaders.datasets import collate_samples
+from utils.runtime.distributed import Runtime
 
 def gather_by_index(indices: torch.Tensor, values: torch.Tensor, total: int, runtime: Runtime) -> torch.Tensor:
     """Assemble the per-process rows into one [total, ...] tensor in dataset order.
@@ -91,7 +63,6 @@ def extract_features(
     runtime: Runtime,
     batch_size: int,
     num_workers: int,
-    collate_fn: Callable,
     desc: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Encode a dataset once across all processes.
@@ -107,7 +78,8 @@ def extract_features(
     """
     share = list(range(runtime.rank, len(dataset), runtime.world_size))
     loader = DataLoader(
-        Subset(dataset, share), batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate_fn
+        Subset(dataset, share), batch_size=batch_size, shuffle=False, num_workers=num_workers,
+        collate_fn=collate_samples
     )
     indices, features, valid = [], [], []
     bar = tqdm(loader, desc=desc, unit="batch", disable=not (runtime.progress and runtime.is_main))
@@ -118,7 +90,7 @@ def extract_features(
         features.append(feats.float().cpu())
         valid.append(ok.cpu())
     if not indices:  # more processes than items: this one has nothing to do
-        dim = _feature_dim(dataset, encode, runtime, collate_fn)
+        dim = _feature_dim(dataset, encode, runtime)
         indices, features = [torch.empty(0, dtype=torch.int64)], [torch.empty(0, dim)]
         valid = [torch.empty(0, dtype=torch.bool)]
     index = torch.cat(indices)
@@ -127,8 +99,8 @@ def extract_features(
     return feats, ok
 
 
-def _feature_dim(dataset: Dataset, encode: Callable, runtime: Runtime, collate_fn: Callable) -> int:
+def _feature_dim(dataset: Dataset, encode: Callable, runtime: Runtime) -> int:
     """Feature width, from encoding the first item (for a process with an empty share)."""
     with runtime.autocast():
-        feats, _ = encode(collate_fn([dataset[0]]))
+        feats, _ = encode(collate_samples([dataset[0]]))
     return feats.shape[1]

@@ -1,7 +1,7 @@
 """Top-k ranking of gallery images for each query, and recall@k.
 
 Retrieval here is cosine similarity between L2-normalised query (video) and
-gallery (image) embeddings. Two settings (SPEC §2):
+gallery (image) embeddings. Two settings (docs/evaluation.md):
 
 * per group (LPR4M): a query is ranked only against the gallery images of its
   own livestream (`group` = live_id);

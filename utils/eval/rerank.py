@@ -1,4 +1,4 @@
-"""Re-rank each query's embedding top-K with the PMD pair score (SPEC §2).
+"""Re-rank each query's embedding top-K with the PMD pair score (docs/evaluation.md).
 
 The released checkpoints were evaluated by embedding cosine only; PMD pair
 scoring at test time was left unfinished in both releases. This is a
@@ -6,35 +6,50 @@ tractable version: only the K best gallery images of each query (by
 embedding) are scored by the pairwise matching decoder.
 
 Memory is bounded by the block size, not by the test set: queries are taken
-in blocks of `block_size`; for a block we encode the tokens of its clips and
+in blocks of BLOCK_SIZE; for a block we encode the tokens of its clips and
 of the gallery images that appear in its top-K lists (at most
-block_size x K images), then score the (query, candidate) pairs in chunks of
-`pair_chunk`. Blocks load in DataLoader workers; they are dealt round-robin
+BLOCK_SIZE x K images), then score the (query, candidate) pairs in chunks of
+PAIR_CHUNK. Blocks load in DataLoader workers; they are dealt round-robin
 to the processes and the scores gathered by query index, so the result does
 not depend on the process count.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from utils.features import Runtime, gather_by_index
-from utils.metrics import Ranking
+from dataloaders.datasets import collate_samples
+from utils.eval.features import gather_by_index
+from utils.eval.metrics import Ranking
+from utils.runtime.distributed import Runtime
+
+BLOCK_SIZE = 32  # queries whose clips and candidate images are loaded together
+PAIR_CHUNK = 64  # (query, candidate) pairs scored at once
+
+
+@dataclass
+class RerankInputs:
+    """The data a re-ranking reads: query clips, the distinct gallery images, and which image each entry is."""
+
+    clips: Dataset  # ClipDataset, item i = query i
+    images: Dataset  # ImageDataset of the distinct gallery images
+    image_of_gallery: np.ndarray  # [G] which item of `images` each gallery position is
 
 
 class _Blocks(Dataset):
     """Item b: the clips of query block b and the gallery images its top-K lists need.
 
-    Loading a block (decoding up to block_size x 10 frames and block_size x K
+    Loading a block (decoding up to BLOCK_SIZE x 10 frames and BLOCK_SIZE x K
     images) is the slow part; as a Dataset it runs in DataLoader workers.
     """
 
-    def __init__(self, blocks, candidates, clips, images, image_of_gallery, collate_fn):
-        self.blocks, self.candidates, self.clips, self.images = blocks, candidates, clips, images
-        self.image_of_gallery, self.collate_fn = image_of_gallery, collate_fn
+    def __init__(self, blocks: list[np.ndarray], candidates: np.ndarray, data: RerankInputs):
+        self.blocks, self.candidates, self.data = blocks, candidates, data
 
     def __len__(self):
         return len(self.blocks)
@@ -47,13 +62,13 @@ class _Blocks(Dataset):
             cand = self.candidates[block[rows]]  # [b, K], -1 for absent entries
             present = cand >= 0
             # Distinct images the block needs, and which of them each (query, candidate) pair uses.
-            needed, pair_image = np.unique(self.image_of_gallery[cand[present]], return_inverse=True)
+            needed, pair_image = np.unique(self.data.image_of_gallery[cand[present]], return_inverse=True)
             item.update(
                 present=present,
                 pair_query=np.nonzero(present)[0],  # row (within `rows`) of every pair
                 pair_image=pair_image,
-                clips=self.collate_fn([self.clips[int(q)] for q in block[rows]]),
-                images=self.collate_fn([self.images[int(i)] for i in needed]),
+                clips=collate_samples([self.data.clips[int(q)] for q in block[rows]]),
+                images=collate_samples([self.data.images[int(i)] for i in needed]),
             )
         return item
 
@@ -64,36 +79,21 @@ def _as_is(item: dict) -> dict:
 
 
 @torch.no_grad()
-def pmd_scores(
-    model,
-    ranking: Ranking,
-    topk: int,
-    clips: Dataset,
-    images: Dataset,
-    image_of_gallery: np.ndarray,
-    runtime: Runtime,
-    collate_fn,
-    num_workers: int = 0,
-    block_size: int = 32,
-    pair_chunk: int = 64,
-) -> np.ndarray:
+def pmd_scores(model, ranking: Ranking, topk: int, data: RerankInputs, runtime: Runtime,
+               num_workers: int = 0) -> np.ndarray:
     """PMD scores of every query's first `topk` ranked gallery entries.
 
     Args:
         model: a RICEModel with the PMD head (`score_pairs`).
         ranking: embedding ranking, [Q, k] gallery positions (k >= topk).
-        clips: query dataset (ClipDataset), item i = query i.
-        images: dataset of the distinct gallery images (ImageDataset).
-        image_of_gallery: [G] which item of `images` each gallery position is.
         num_workers: DataLoader workers that load the blocks.
     Returns:
         [Q, topk] float32 raw PMD scores aligned with ranking.indices[:, :topk];
         NaN where the ranking has no entry (missing query, small gallery).
     """
     num_queries = len(ranking.indices)
-    blocks = [np.arange(s, min(s + block_size, num_queries)) for s in range(0, num_queries, block_size)]
-    mine = _Blocks(blocks[runtime.rank :: runtime.world_size], ranking.indices[:, :topk], clips, images,
-                   image_of_gallery, collate_fn)
+    blocks = [np.arange(s, min(s + BLOCK_SIZE, num_queries)) for s in range(0, num_queries, BLOCK_SIZE)]
+    mine = _Blocks(blocks[runtime.rank :: runtime.world_size], ranking.indices[:, :topk], data)
     loader = DataLoader(mine, batch_size=None, num_workers=num_workers, collate_fn=_as_is)  # items: whole blocks
     device = runtime.device
     done, scores = [], []
@@ -107,8 +107,8 @@ def pmd_scores(
                 _, video_tokens, video_mask = model.encode_videos(frames, mask, return_tokens=True)
                 _, image_tokens = model.encode_images(item["images"]["image"].to(device), return_tokens=True)
                 values = []
-                for start in range(0, len(pair_query), pair_chunk):
-                    part = slice(start, start + pair_chunk)
+                for start in range(0, len(pair_query), PAIR_CHUNK):
+                    part = slice(start, start + PAIR_CHUNK)
                     # A query has up to `topk` pairs: its video side is decoded once for all of them
                     # (the chunk's distinct queries are found on the host: no device wait).
                     queries, pair_video = np.unique(pair_query[part], return_inverse=True)

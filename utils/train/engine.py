@@ -18,8 +18,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler, Sampler
 
-from utils.distributed import is_distributed
-from utils.precision import Precision
+from utils.runtime.distributed import is_distributed
+from utils.runtime.precision import Precision
 
 
 class EpochSampler(Sampler):

@@ -18,25 +18,46 @@ In --output_dir:
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from dataloaders.records import RetrievalSplit
+from utils.eval.retrieval import Retrieval
+
 SCORE_DECIMALS = 6  # scores in rankings.jsonl
 
 
-def write_outputs(out_dir: Path, args: argparse.Namespace, info: dict, counts: dict, results: dict,
-                  split, ranking, pmd, features) -> dict:
-    """Write metrics.json, rankings.jsonl and (features given) features.npz; return the metrics."""
+@dataclass
+class Outcome:
+    """One evaluation, as it is written to disk."""
+
+    split: RetrievalSplit
+    found: Retrieval
+    info: dict  # dataset, checkpoint, checkpoint_format, video_pooling
+    flags: dict  # the resolved command line
+    save_features: bool = False
+
+
+def write_outputs(out_dir: Path, outcome: Outcome) -> dict:
+    """Write metrics.json, rankings.jsonl and (with save_features) features.npz; return the metrics."""
+    split, found = outcome.split, outcome.found
+    results, ranking, pmd = found.results, found.ranking, found.pmd
+    counts = {
+        "num_queries": len(split.queries),
+        "num_missing_queries": int((~found.query_ok).sum()),
+        "num_gallery_images": len(split.gallery),
+        "num_missing_gallery_images": int((~found.usable).sum()),
+    }
     out_dir.mkdir(parents=True, exist_ok=True)
     final = "reranked" if "reranked" in results else "embedding"
     metrics = {**results[final], **counts, "ranking": "pmd_rerank" if final == "reranked" else "embedding",
-               **results, **info, "flags": dict(sorted(vars(args).items()))}
+               **results, **outcome.info, "flags": dict(sorted(outcome.flags.items()))}
     if final == "reranked":
-        metrics["rerank_topk"] = args.rerank_topk
+        metrics["rerank_topk"] = outcome.flags["rerank_topk"]
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
 
     gallery_ids = [g.image_id for g in split.gallery]
@@ -53,17 +74,16 @@ def write_outputs(out_dir: Path, args: argparse.Namespace, info: dict, counts: d
             line = {"query_id": query.query_id, "gt": list(query.gt), "missing": not entries, "ranking": entries}
             f.write(json.dumps(line) + "\n")
 
-    if features is not None:
-        query_feats, query_ok, gallery_feats, gallery_ok = features
+    if outcome.save_features:
         np.savez(
             out_dir / "features.npz",
             query_ids=np.array([q.query_id for q in split.queries]),
-            query_features=query_feats.numpy().astype(np.float32),
-            query_valid=query_ok.numpy(),
+            query_features=found.query_feats.numpy().astype(np.float32),
+            query_valid=found.query_ok.numpy(),
             gallery_ids=np.array(gallery_ids),
             gallery_groups=np.array([g.group for g in split.gallery]),
-            gallery_features=gallery_feats.numpy().astype(np.float32),
-            gallery_valid=np.asarray(gallery_ok, bool),
+            gallery_features=found.gallery_feats.numpy().astype(np.float32),
+            gallery_valid=np.asarray(found.usable, bool),
         )
     return metrics
 

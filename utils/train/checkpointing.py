@@ -1,7 +1,8 @@
 """Training checkpoints: atomic writes, `last` + per-epoch files, exact resume.
 
-A training checkpoint is a dict in this project's format (modules/checkpoint.py
-reads it as format "ours", so it also loads in the evaluation scripts):
+A training checkpoint is the model file of modules/checkpoint.py (`export_model`,
+read back as format "ours", so it also loads in the evaluation scripts) plus the
+optimisation state:
 
     format        "rice-repro"
     model         the RICEModel state dict (fp32)
@@ -25,7 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from modules.checkpoint import OUR_FORMAT
+from modules.checkpoint import OUR_FORMAT, export_model
+from utils.errors import CheckpointError
 
 LAST = "last.pt"
 EPOCH_PATTERN = re.compile(r"^epoch_(\d+)\.pt$")
@@ -60,15 +62,9 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def model_export(model: torch.nn.Module, config: dict, args: dict) -> dict:
-    """The model-only file (`model.pt`) the evaluation scripts load."""
-    state = {k: v.detach().float().cpu() for k, v in model.state_dict().items()}
-    return {"format": OUR_FORMAT, "model": state, "model_config": config, "args": args}
-
-
 def training_state(model, config: dict, args: dict, optimizer, precision, step: int, epoch: int,
                    batch_in_epoch: int) -> dict:
-    state = model_export(model, config, args)
+    state = export_model(model, config, args)
     state.update(optimizer=optimizer.state_dict(), scaler=precision.state_dict(), step=step, epoch=epoch,
                  batch_in_epoch=batch_in_epoch, rng=rng_state())
     return state
@@ -79,10 +75,10 @@ def load_training_state(path: Path) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any failure here means "not a usable checkpoint"
-        raise ValueError(f"{path}: cannot read this training checkpoint ({type(err).__name__}: {err})") from None
+        raise CheckpointError(f"{path}: cannot read this training checkpoint ({type(err).__name__}: {err})") from None
     missing = {"format", "model", "optimizer", "step", "epoch", "batch_in_epoch", "rng"} - set(state)
     if state.get("format") != OUR_FORMAT or missing:
-        raise ValueError(f"{path} is not a training checkpoint of lpr4m_train.py (missing {sorted(missing)}); "
+        raise CheckpointError(f"{path} is not a training checkpoint of lpr4m_train.py (missing {sorted(missing)}); "
                          "to start from a model file use --init_model instead of --resume")
     return state
 

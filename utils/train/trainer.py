@@ -1,0 +1,279 @@
+"""The training run: set-up, resume, the epoch loop, checkpoints, validation, the model export.
+
+`train(args, runtime)` is what lpr4m_train.py calls once the process knows its
+place in the world (utils.runtime.distributed.init_distributed). Every process
+runs the same loop on its share of each global batch; only the main process
+writes files. The step itself lives in utils/train/engine.py, the building
+blocks (data root, model) in utils/train/build.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from dataloaders.datasets import PairDataset, SkipReport, collate_samples
+from dataloaders.registry import DATASETS
+from dataloaders.transforms import build_transform
+from modules.checkpoint import export_model
+from utils.errors import DataError, TrainingError
+from utils.runtime.distributed import Runtime, all_reduce_mean, barrier, is_distributed
+from utils.runtime.precision import Precision, check_precision
+from utils.train.build import StopRequest, build_model, data_root, memory_mb
+from utils.train.checkpointing import (LAST, atomic_save, load_training_state, prune_epoch_checkpoints,
+                                       set_rng_state, training_state)
+from utils.train.engine import EpochSampler, train_step
+from utils.train.logs import TrainLogger
+from utils.train.optim import build_optimizer
+from utils.train.params import save_args
+from utils.train.scheduler import set_lr
+from utils.train.validation import validate
+
+log = logging.getLogger("rice.train")
+
+
+def train(args: argparse.Namespace, runtime: Runtime) -> dict:
+    """Train as configured.
+
+    Returns {"model_path", "output_dir", "step", "last_checkpoint", "model"}: the
+    trained RICEModel itself (on every process) for callers that go on using it.
+    """
+    return Trainer(args, runtime).run()
+
+
+class Trainer:
+    """One training run's state: model, optimizer, data order and place in it."""
+
+    def __init__(self, args: argparse.Namespace, runtime: Runtime):
+        self.args, self.runtime = args, runtime
+        self.out = Path(args.output_dir)
+        self.ckpt_dir = self.out / "checkpoints"
+        check_precision(args.precision, runtime.device)
+        self.local_batch = _local_batch(args, runtime.world_size)
+        self._build_data_and_model()
+        self.optimizer = build_optimizer(self.model, args.lr, args.coef_lr, args.weight_decay)
+        self.precision = Precision(args.precision, runtime.device)
+        self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
+        self.resumed_from = self._resume()
+        self.ddp = self.model
+        if runtime.world_size > 1:
+            device_ids = [runtime.device.index] if runtime.device.type == "cuda" else None
+            self.ddp = DistributedDataParallel(self.model, device_ids=device_ids)
+        self.config_dict = self.model.config.to_dict()
+        self.args_dict = {k: v for k, v in vars(args).items() if k != "config"}
+
+    # ---------------------------------------------------------------- set-up
+    def _build_data_and_model(self) -> None:
+        args, runtime = self.args, self.runtime
+        spec = DATASETS[args.dataset]
+        root = data_root(args, runtime)
+        pairs = spec.load_train(root, args)
+        torch.manual_seed(args.seed)
+        self.model = build_model(args).to(runtime.device)
+        size = self.model.config.vision.image_size
+        transform = build_transform(args.transform_style, True, size)
+        self.dataset = PairDataset(pairs, transform, transform, max_frames=args.max_frames, seed=args.seed)
+        self.sampler = EpochSampler(len(self.dataset), runtime.world_size, runtime.rank, self.local_batch, args.seed)
+        self.steps_per_epoch = self.sampler.batches_per_epoch
+        if self.steps_per_epoch == 0:
+            raise DataError(f"{len(pairs)} training pairs do not fill one global batch of {args.batch_size}; "
+                            "lower --batch_size")
+        self.total_steps = args.max_steps or args.epochs * self.steps_per_epoch
+        self.warmup_steps = int(args.warmup_proportion * self.total_steps)
+        self.val_split = spec.load_validation(root, args) if args.validate else None
+        if runtime.is_main:
+            log.info("%d training pairs, %d processes x %d pairs, %d steps/epoch, %d steps (%d epochs), warm-up %d",
+                     len(pairs), runtime.world_size, self.local_batch, self.steps_per_epoch, self.total_steps,
+                     math.ceil(self.total_steps / self.steps_per_epoch), self.warmup_steps)
+
+    def _resume(self) -> Path | None:
+        """Load the optimisation state to continue from, if any; seed the dropout RNG otherwise."""
+        args, runtime = self.args, self.runtime
+        path = _resume_path(args, self.ckpt_dir)
+        if path is None:
+            torch.manual_seed(args.seed + runtime.rank)  # dropout differs between processes
+            return None
+        state = load_training_state(path)
+        try:
+            self.model.load_state_dict(state["model"])
+        except RuntimeError as err:
+            raise TrainingError(f"--resume {path} holds another model than these flags build; resume with "
+                                f"the run's own flags (its args.yaml works as --config): {str(err)[:300]}") from None
+        saved_batch = state.get("args", {}).get("batch_size")
+        if saved_batch not in (None, args.batch_size):
+            log.warning("resuming a run trained with --batch_size %s with %d: the rest of this epoch's data "
+                        "order is not the one the original run would have used", saved_batch, args.batch_size)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.precision.load_state_dict(state["scaler"])
+        self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        rngs = state["rng"]
+        if len(rngs) == runtime.world_size:
+            set_rng_state(rngs[runtime.rank])
+        else:
+            log.warning("resuming with %d processes from a run with %d: dropout randomness is reseeded",
+                        runtime.world_size, len(rngs))
+            torch.manual_seed(args.seed + 1000 * self.step + runtime.rank)
+        if runtime.is_main:
+            log.info("resumed from %s at step %d (epoch %d, batch %d)", path, self.step, self.epoch,
+                     self.batch_in_epoch)
+        return path
+
+    # ---------------------------------------------------------------- the run
+    def run(self) -> dict:
+        args, runtime = self.args, self.runtime
+        if runtime.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            save_args(args, self.out / "args.yaml")
+        resume_step = self.step if self.resumed_from else None
+        self.logger = TrainLogger(self.out, runtime.is_main, not args.no_tensorboard, resume_step=resume_step)
+        self.report = SkipReport("train")
+        show_bar = runtime.is_main and not args.no_progress and sys.stderr.isatty()
+        self.bar = tqdm(total=self.total_steps, initial=self.step, disable=not show_bar, desc="train",
+                        dynamic_ncols=True)
+        self.model.train()
+        self.window_start, self.window_samples = time.perf_counter(), 0  # for samples/s in the log
+        with StopRequest() as stop:
+            while self.step < self.total_steps:
+                finished_epoch = self._train_epoch(stop)
+                if not finished_epoch:  # stopped by --max_steps mid-epoch
+                    break
+                self._end_epoch()
+        self.bar.close()
+        return self._finish()
+
+    def _train_epoch(self, stop: StopRequest) -> bool:
+        """Train from the current place to the end of the epoch or of the run; True when the epoch ended."""
+        args, runtime = self.args, self.runtime
+        self.dataset.set_epoch(self.epoch)
+        self.sampler.set_epoch(self.epoch, self.batch_in_epoch)
+        loader = DataLoader(self.dataset, batch_size=self.local_batch, sampler=self.sampler,
+                            num_workers=args.num_workers, collate_fn=collate_samples, drop_last=True,
+                            pin_memory=runtime.device.type == "cuda",
+                            generator=torch.Generator().manual_seed(args.seed + self.epoch))
+        for batch in loader:
+            set_lr(self.optimizer, self.step, self.total_steps, self.warmup_steps)
+            losses = train_step(self.ddp, batch, self.optimizer, self.precision, args.gradient_accumulation_steps,
+                                args.clip_grad_norm, runtime.device)
+            self.step, self.batch_in_epoch = self.step + 1, self.batch_in_epoch + 1
+            self.window_samples += args.batch_size
+            self.report.update(batch)
+            self.bar.update(1)
+            if self.step % args.log_every_steps == 0 or self.step == self.total_steps:
+                record = _record(losses, self.optimizer, self.step, self.epoch, self.window_samples,
+                                 self.window_start, runtime.device)
+                self.bar.set_postfix(loss=f"{record['loss']:.4f}", refresh=False)
+                self.logger.log(record)
+                self.window_start, self.window_samples = time.perf_counter(), 0
+            if stop.agreed(runtime.device):
+                self._save(self.ckpt_dir / LAST)
+                self.bar.close()
+                raise SystemExit(f"stopped by a signal at step {self.step}; checkpoint {self.ckpt_dir / LAST}; "
+                                 "continue with --resume latest")
+            mid_epoch = self.step < self.total_steps and self.batch_in_epoch < self.steps_per_epoch
+            if args.save_every_steps and self.step % args.save_every_steps == 0 and mid_epoch:
+                self._save(self.ckpt_dir / LAST)  # epoch ends save anyway
+            if self.step >= self.total_steps:
+                break
+        return self.batch_in_epoch >= self.steps_per_epoch
+
+    def _end_epoch(self) -> None:
+        runtime = self.runtime
+        if runtime.is_main:
+            self.report.log(self.epoch)
+        self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+        self._save(self.ckpt_dir / f"epoch_{self.epoch}.pt")
+        if runtime.is_main:
+            prune_epoch_checkpoints(self.ckpt_dir, self.args.keep_checkpoints)
+        if self.val_split is not None:
+            self._validate()
+
+    def _validate(self) -> None:
+        args = self.args
+        metrics = validate(self.model, self.val_split, replace(self.runtime, progress=False),
+                           max_frames=args.max_frames, batch_size=max(self.local_batch, 1),
+                           num_workers=args.num_workers, rerank=self.model.config.use_pmd and not args.one_stage)
+        self.logger.log({"step": self.step, "epoch": self.epoch, "val": metrics["embedding"],
+                         **({"val_reranked": metrics["reranked"]} if "reranked" in metrics else {})})
+        if self.runtime.is_main:
+            log.info("validation after epoch %d: %s", self.epoch, metrics)
+
+    def _save(self, path: Path) -> None:
+        """A training checkpoint with every process's RNG state, so each can continue exactly."""
+        state = training_state(self.model, self.config_dict, self.args_dict, self.optimizer, self.precision,
+                               self.step, self.epoch, self.batch_in_epoch)
+        state["rng"] = _gather_objects(state["rng"])
+        if self.runtime.is_main:
+            atomic_save(state, path)
+            if path.name != LAST:
+                atomic_save(state, self.ckpt_dir / LAST)
+
+    def _finish(self) -> dict:
+        if self.batch_in_epoch:  # the last epoch ended early: keep the exact place for a later resume
+            self._save(self.ckpt_dir / LAST)
+        model_path = self.out / "model.pt"
+        if self.runtime.is_main:
+            self.report.log(self.epoch)
+            atomic_save(export_model(self.model, self.config_dict, self.args_dict), model_path)
+            log.info("done: %d steps; model %s", self.step, model_path)
+        self.logger.close()
+        barrier()
+        return {"model_path": str(model_path), "output_dir": str(self.out), "step": self.step,
+                "last_checkpoint": str(self.ckpt_dir / LAST), "model": self.model}
+
+
+def _local_batch(args: argparse.Namespace, world_size: int) -> int:
+    """Each process's share of the global batch; errors when it does not divide evenly."""
+    if args.batch_size % world_size:
+        raise TrainingError(f"--batch_size {args.batch_size} is not divisible by {world_size} processes "
+                            "(--batch_size is the GLOBAL batch)")
+    local_batch = args.batch_size // world_size
+    if local_batch % args.gradient_accumulation_steps:
+        raise TrainingError(f"each process's {local_batch} pairs cannot be split into "
+                            f"--gradient_accumulation_steps {args.gradient_accumulation_steps} equal micro-batches")
+    return local_batch
+
+
+def _resume_path(args: argparse.Namespace, ckpt_dir: Path) -> Path | None:
+    if not args.resume:
+        return None
+    if args.resume == "latest":
+        path = ckpt_dir / LAST
+        if not path.is_file():
+            log.info("--resume latest: no %s yet, starting a new run", path)
+            return None
+        return path
+    path = Path(args.resume)
+    if not path.is_file():
+        raise TrainingError(f"--resume {args.resume}: no such checkpoint file")
+    return path
+
+
+def _gather_objects(obj) -> list:
+    """[obj of rank 0, obj of rank 1, ...] on every process."""
+    if not is_distributed():
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def _record(losses: dict, optimizer, step: int, epoch: int, samples: int, since: float, device) -> dict:
+    record = {"step": step, "epoch": epoch}
+    for name, value in losses.items():
+        record[name] = float(all_reduce_mean(value)) if name != "grad_norm" else float(value)
+    lrs = {group["name"].split("_")[0]: group["lr"] for group in optimizer.param_groups}
+    record.update({f"lr_{name}": lr for name, lr in sorted(lrs.items())})
+    record["samples_per_s"] = samples / max(time.perf_counter() - since, 1e-9)
+    record["mem_mb"] = memory_mb(device)
+    return record
