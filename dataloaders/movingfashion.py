@@ -16,7 +16,6 @@ import logging
 import os
 from pathlib import Path
 
-import av
 from tqdm import tqdm
 
 from utils.errors import DataError
@@ -46,6 +45,8 @@ def _read_split(root: Path, name: str) -> dict:
 
 def extract_frames_1fps(video_path: Path, out_dir: Path, stem: str) -> list[str]:
     """Decode one video, save one JPEG per second into out_dir; return the file names."""
+    import av
+
     out_dir.mkdir(parents=True, exist_ok=True)
     names, next_t = [], 0.0
     with av.open(str(video_path)) as container:
@@ -70,6 +71,8 @@ def prepare_movingfashion(root, progress: bool = True) -> dict:
     A video that cannot be decoded is reported in "failed" and gets no frames (the loaders then
     skip it for training and count it as a missed query at test).
     """
+    import av  # only the preparation decodes video; the loaders stay light
+
     root = Path(root)
     videos = sorted({v for split in ("train.json", "test.json")
                      for entry in _read_split(root, split).values() for v in entry["video_paths"]})

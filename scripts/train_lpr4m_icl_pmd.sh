@@ -1,8 +1,3 @@
 #!/usr/bin/env bash
-# Train the ICL+PMD model on LPR4M (LPR750K or, with --index, the full set) (README "Training" row "ICL+PMD": --sim_header cross_attention --cross_num_hidden_layers 2),
-# with configs/lpr4m_icl_pmd.yaml under torchrun (default: one machine, 2 GPUs, global batch 96).
-# Usage: DATA_ROOT=/data/lpr750k PRETRAINED_CLIP=/models/ViT-B-32.pt bash scripts/train_lpr4m_icl_pmd.sh [more flags, e.g. --max_steps 2000]
-# Env: OUTPUT_DIR (default outputs/lpr4m_icl_pmd), NPROC_PER_NODE, NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT,
-# PYTHON: see scripts/train_common.sh. Rerunning with the same OUTPUT_DIR resumes the run.
-set -euo pipefail
-source "$(dirname "${BASH_SOURCE[0]}")/train_common.sh" lpr4m_icl_pmd "$@"
+# README row ICL+PMD on lpr4m: same as scripts/train.sh lpr4m icl_pmd (the environment it reads is described there).
+exec bash "$(dirname "${BASH_SOURCE[0]}")/train.sh" lpr4m icl_pmd "$@"

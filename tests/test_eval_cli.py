@@ -307,13 +307,18 @@ def test_missing_frames_and_images_count_as_misses(data, ckpts, tmp_path):
 
 
 def test_recipe_scripts_match_the_seed_rows(data, ckpts, tmp_path):
-    """scripts/eval_*.sh carry the README flags; one of them is run for real."""
+    """scripts/eval_*.sh pass `--row ROW --embedding_sim` (tests/test_train_recipes.py), which parses to the
+    README's flags of that row; one of them is run for real."""
+    from utils.eval.cli import parse_args
+
     rows = {"icl": "v1_icl.bin", "icl_pmd": "v1_pmd.bin", "icl_pmd_pfr": "v1_pmd_pfr.bin"}
     for dataset in ("lpr4m", "movingfashion"):
         for row, ckpt_name in rows.items():
-            text = (ROOT / "scripts" / f"eval_{dataset}_{row}.sh").read_text()
-            seed_flags = " ".join(SEED_ROWS[ckpt_name][2:])  # without --n_gpu 2
-            assert seed_flags in " ".join(text.replace("\\\n", " ").split())
+            base = ["--data_root", "d", "--ckpt_path", "c"]
+            by_row = vars(parse_args(dataset, [*base, "--row", row, "--embedding_sim"]))
+            by_seed = vars(parse_args(dataset, [*base, *SEED_ROWS[ckpt_name][2:]]))  # without --n_gpu 2
+            assert by_row.pop("row") == row and by_seed.pop("row") is None
+            assert by_row == by_seed
     env = {**os.environ, "PYTHON": sys.executable, "OUTPUT_DIR": str(tmp_path), "N_GPU": "1"}
     script = ROOT / "scripts" / "eval_movingfashion_icl_pmd_pfr.sh"
     done = subprocess.run(["bash", str(script), data["movingfashion"], ckpts["v1_pmd_pfr.bin"], "--num_workers", "0",

@@ -293,6 +293,44 @@ def test_resume_flag(small_data, tmp_path, expect_error):
     assert [r["step"] for r in read_log(tmp_path / "c" / "log.jsonl")] == [4, 5] and more["step"] == 5
 
 
+def test_resume_with_a_file_that_is_no_training_checkpoint_is_one_line(small_data, tmp_path, expect_error):
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"this is not a checkpoint")
+    with expect_error(r"(?m)^error: .*junk\.pt: cannot read this training checkpoint.*$"):
+        _run(small_data, tmp_path / "a", "--resume", str(junk))
+    model_only = _run(small_data, tmp_path / "b", steps=1)["model_path"]
+    with expect_error(r"model\.pt is not a training checkpoint .*use --init_model"):
+        _run(small_data, tmp_path / "c", "--resume", model_only)
+
+
+def test_transform_style_is_saved_with_the_model_and_used_by_evaluation(small_data, tmp_path):
+    """A model trained with --transform_style v2 is evaluated (and validated) with the v2 eval transform."""
+    import numpy as np
+
+    import lpr4m_embedding_eval
+    from dataloaders.lpr4m import load_lpr4m_test
+    from dataloaders.transforms import build_transform, load_rgb
+    from modules.rice import RICEModel
+
+    result = _run(small_data, tmp_path / "v2", "--transform_style", "v2", steps=1)
+    ckpt = load_checkpoint(result["model_path"])
+    assert ckpt.extra["model_config"]["transform_style"] == "v2"
+    model = RICEModel.from_checkpoint(ckpt).eval()
+    assert model.config.preprocessing == "v2" and model.config.video_pooling == "v1"
+
+    root = small_data / "lpr4m"
+    lpr4m_embedding_eval.main(["--data_root", str(root), "--ckpt_path", result["model_path"], "--output_dir",
+                               str(tmp_path / "eval"), "--embedding_sim", "--num_workers", "0", "--no_progress",
+                               "--save_features"])
+    stored = np.load(tmp_path / "eval" / "features.npz")["gallery_features"][0]
+    path = load_lpr4m_test(root).gallery[0].path
+    with torch.no_grad():
+        by_style = {style: model.encode_images(build_transform(style, False, 64)(load_rgb(path))[None])[0][0]
+                    for style in ("v1", "v2")}
+    assert torch.allclose(torch.from_numpy(stored), by_style["v2"], atol=1e-5)
+    assert not torch.allclose(by_style["v1"], by_style["v2"], atol=1e-3)  # the check can tell them apart
+
+
 def test_validate_one_stage_and_val_max_queries(small_data, tmp_path, monkeypatch):
     sizes = []
     real = trainer.validate

@@ -1,5 +1,5 @@
-"""The training recipes (scripts/train_*.sh, scripts/train_common.sh, configs/*.yaml) and
-tools/plot_logs.py.
+"""The recipes (scripts/train.sh, scripts/eval.sh and their per-row shortcuts, configs/*.yaml),
+the README rows behind --row, and tools/plot_logs.py.
 
 The recipes run with a stand-in PYTHON that records its arguments, working
 folder and environment instead of launching torchrun, so no GPU (or training
@@ -17,7 +17,8 @@ import pytest
 import yaml
 
 from tools import plot_logs
-from utils.train.params import build_parser
+from utils.options import ROWS as ROW_FLAGS
+from utils.train.params import build_parser, parse_args
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "scripts"
@@ -44,7 +45,8 @@ with open(os.environ["FAKE_PYTHON_RECORD"], "w") as f:
 
 def test_every_script_parses():
     scripts = sorted(SCRIPTS.glob("*.sh"))
-    assert {f"train_{r}.sh" for r in RECIPES} | {"train_common.sh"} <= {p.name for p in scripts}
+    expected = {f"{kind}_{r}.sh" for r in RECIPES for kind in ("train", "eval")}
+    assert expected | {"train.sh", "eval.sh", "common.sh"} <= {p.name for p in scripts}
     for script in scripts:
         result = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
         assert result.returncode == 0, f"{script.name}: {result.stderr}"
@@ -66,7 +68,7 @@ def fake(tmp_path):
     caller = tmp_path / "elsewhere"
     caller.mkdir()
 
-    def run(recipe, *args, cwd=caller, **env_changes):
+    def run(recipe, *args, cwd=caller, kind="train", **env_changes):
         run_env = dict(env)
         for key, value in env_changes.items():
             if value is None:
@@ -75,7 +77,7 @@ def fake(tmp_path):
                 run_env[key] = value
         if record.exists():
             record.unlink()
-        result = subprocess.run(["bash", str(SCRIPTS / f"train_{recipe}.sh"), *args], cwd=cwd, env=run_env,
+        result = subprocess.run(["bash", str(SCRIPTS / f"{kind}_{recipe}.sh"), *args], cwd=cwd, env=run_env,
                                 capture_output=True, text=True, timeout=60)
         seen = json.loads(record.read_text()) if record.exists() else None
         return result, seen
@@ -103,7 +105,9 @@ def test_recipe_launches_torchrun_with_its_config(fake, recipe):
     script = argv.index("lpr4m_train.py")
     assert all(a.startswith("--") for a in argv[2:script:2]), "launcher flags come before the script"
     train = argv[script + 1:]
-    assert _value(train, "--config") == f"configs/{recipe}.yaml"
+    dataset, row = recipe.split("_", 1)
+    assert _value(train, "--config") == f"configs/{dataset}.yaml"
+    assert _value(train, "--row") == row
     assert _value(train, "--data_root") == str(fake.tmp / "data")
     assert _value(train, "--pretrained_clip") == str(fake.tmp / "ViT-B-32.pt")
     assert _value(train, "--output_dir") == f"outputs/{recipe}"
@@ -111,7 +115,21 @@ def test_recipe_launches_torchrun_with_its_config(fake, recipe):
     assert train[-4:] == ["--max_steps", "3", "--note", "with space"], "extra flags go last, unchanged"
     # run from the repository root whatever the caller's folder, so the relative paths resolve
     assert Path(seen["cwd"]) == ROOT
-    assert (ROOT / f"configs/{recipe}.yaml").is_file()
+    assert (ROOT / f"configs/{dataset}.yaml").is_file()
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_eval_recipe_runs_its_script_with_the_row(fake, recipe):
+    dataset, row = recipe.split("_", 1)
+    result, seen = fake(recipe, "data root", "ckpt.bin", "--precision", "bf16", kind="eval")
+    assert result.returncode == 0, result.stderr
+    argv = seen["argv"]
+    script = "lpr4m_embedding_eval.py" if dataset == "lpr4m" else "movingfashion_eval.py"
+    assert argv[0] == str(ROOT / script)
+    assert _value(argv, "--row") == row and "--embedding_sim" in argv
+    assert _value(argv, "--data_root") == "data root" and _value(argv, "--ckpt_path") == "ckpt.bin"
+    assert _value(argv, "--n_gpu") == "2" and _value(argv, "--output_dir") == f"outputs/eval_{recipe}"
+    assert argv[-2:] == ["--precision", "bf16"]
 
 
 def test_multi_node_uses_c10d_rendezvous(fake):
@@ -176,38 +194,56 @@ def test_missing_required_variable(fake, variable):
     assert variable in result.stderr and "does_not_exist" in result.stderr
 
 
-def test_common_script_is_not_run_on_its_own():
-    result = subprocess.run(["bash", str(SCRIPTS / "train_common.sh")], capture_output=True, text=True)
-    assert result.returncode != 0
-    assert "train_" in result.stderr
+@pytest.mark.parametrize("script, args, message", [
+    ("train.sh", [], "usage: bash scripts/train.sh DATASET ROW"),
+    ("train.sh", ["lpr4m", "pfr"], "ROW must be icl, icl_pmd or icl_pmd_pfr"),
+    ("eval.sh", ["mf", "icl", "d", "c"], "DATASET must be lpr4m or movingfashion"),
+    ("eval.sh", ["lpr4m", "icl"], "usage: bash scripts/eval.sh DATASET ROW DATA_ROOT CKPT_PATH"),
+])
+def test_dataset_and_row_are_checked(script, args, message):
+    result = subprocess.run(["bash", str(SCRIPTS / script), *args], capture_output=True, text=True)
+    assert result.returncode == 2 and message in result.stderr
+
+
+# The README "Training" table: the flags of each row, as written there.
+README_FLAGS = {
+    "icl": ["--sim_header", "mean_pooling", "--one_stage"],
+    "icl_pmd": ["--sim_header", "cross_attention", "--cross_num_hidden_layers", "2"],
+    "icl_pmd_pfr": ["--sim_header", "cross_attention", "--cross_num_hidden_layers", "2", "--recons_feat"],
+}
+
+
+@pytest.mark.parametrize("row", ROWS)
+def test_row_flag_equals_the_readme_flags(row):
+    common = ["--dataset", "synthetic"]
+    by_row = vars(parse_args([*common, "--row", row]))
+    by_flags = vars(parse_args([*common, *README_FLAGS[row]]))
+    assert by_row.pop("row") == row and by_flags.pop("row") is None
+    assert by_row == by_flags
+    # a flag on the command line still wins over the row
+    assert parse_args([*common, "--row", "icl_pmd", "--cross_num_hidden_layers", "3"]).cross_num_hidden_layers == 3
+    assert set(ROW_FLAGS) == set(README_FLAGS)
 
 
 # --------------------------------------------------------------------------- configs
 
-def _config(recipe):
-    return yaml.safe_load((CONFIGS / f"{recipe}.yaml").read_text())
+def _config(dataset):
+    return yaml.safe_load((CONFIGS / f"{dataset}.yaml").read_text())
 
 
-def test_exactly_the_six_configs():
-    assert sorted(p.stem for p in CONFIGS.glob("*.yaml")) == sorted(RECIPES)
+def test_one_config_per_dataset():
+    assert sorted(p.stem for p in CONFIGS.glob("*.yaml")) == sorted(DATASETS)
 
 
-@pytest.mark.parametrize("recipe", RECIPES)
-def test_config_has_its_rows_flags(recipe):
-    cfg = _config(recipe)
+@pytest.mark.parametrize("dataset", DATASETS)
+def test_config_holds_the_v1_recipe_and_no_row(dataset):
+    cfg = _config(dataset)
     assert isinstance(cfg, dict)
     unknown = set(cfg) - CONTRACT_DESTS
     assert not unknown, f"keys that are not flags of lpr4m_train.py: {unknown}"
     assert not set(cfg) & PATH_KEYS, "no data, model or output paths in the configs"
-    dataset, row = recipe.split("_", 1)
+    assert not set(cfg) & {"row", *ROW_FLAGS["icl_pmd_pfr"]}, "the row comes from --row"
     assert cfg["dataset"] == dataset
-    if row == "icl":
-        assert cfg["sim_header"] == "mean_pooling" and cfg["one_stage"] is True
-        assert not cfg.get("recons_feat", False)
-    else:
-        assert cfg["sim_header"] == "cross_attention" and cfg["cross_num_hidden_layers"] == 2
-        assert not cfg.get("one_stage", False)
-        assert bool(cfg.get("recons_feat", False)) == (row == "icl_pmd_pfr")
     # the v1 recipe (docs/training.md) at the README batch
     expected = {"model_config": "ViT-B/32", "max_frames": 10, "batch_size": 96, "lr": 3e-4, "coef_lr": 1e-3,
                 "weight_decay": 0.2, "warmup_proportion": 0.1, "seed": 42}
@@ -215,24 +251,23 @@ def test_config_has_its_rows_flags(recipe):
     assert all(isinstance(cfg[k], float) for k in ("lr", "coef_lr", "weight_decay", "warmup_proportion"))
     assert cfg["precision"] in ("bf16", "fp16")
     assert isinstance(cfg["epochs"], int) and cfg["epochs"] >= 1
-    header = (CONFIGS / f"{recipe}.yaml").read_text().splitlines()[0]
+    header = (CONFIGS / f"{dataset}.yaml").read_text().splitlines()[0]
     assert header.startswith("#") and "README" in header
 
 
-@pytest.mark.parametrize("row", ROWS)
-def test_datasets_share_the_model_recipe(row):
-    lpr, mf = _config(f"lpr4m_{row}"), _config(f"movingfashion_{row}")
+def test_datasets_share_the_model_recipe():
+    lpr, mf = _config("lpr4m"), _config("movingfashion")
     allowed = {"dataset", "epochs"}
     assert {k: v for k, v in lpr.items() if k not in allowed} == {k: v for k, v in mf.items() if k not in allowed}
 
 
-@pytest.mark.parametrize("recipe", RECIPES)
-def test_config_keys_and_values_match_the_real_parser(recipe):
+@pytest.mark.parametrize("dataset", DATASETS)
+def test_config_keys_and_values_match_the_real_parser(dataset):
     """Every key is a destination of the training parser and a valid choice."""
     parser = build_parser()
     dests = {a.dest for a in parser._actions}
     choices = {a.dest: a.choices for a in parser._actions if a.choices}
-    for key, value in _config(recipe).items():
+    for key, value in _config(dataset).items():
         assert key in dests, key
         if key in choices:
             assert value in choices[key], (key, value)

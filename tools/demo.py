@@ -30,11 +30,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
-ROWS: dict[str, list[str]] = {
-    "ICL": ["--sim_header", "mean_pooling", "--one_stage"],
-    "ICL+PMD": ["--sim_header", "cross_attention", "--cross_num_hidden_layers", "2"],
-    "ICL+PMD+PFR": ["--sim_header", "cross_attention", "--cross_num_hidden_layers", "2", "--recons_feat"],
-}
+from utils.options import ROW_TITLES  # noqa: E402 - after the path set-up
+
+ROWS: dict[str, list[str]] = {title: ["--row", row] for row, title in ROW_TITLES.items()}  # README title -> flags
 KS = (1, 5, 10)
 
 
