@@ -24,8 +24,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from modules.config import VISION_CONFIGS
 from modules.clip_vit import VisionTransformer  # noqa: E402
+from modules.config import VISION_CONFIGS
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -19,8 +19,8 @@ from torch.utils.data import DataLoader  # noqa: E402
 
 from dataloaders.datasets import PairDataset, collate_samples  # noqa: E402
 from dataloaders.lpr4m import load_lpr4m_train  # noqa: E402
-from dataloaders.transforms import build_transform  # noqa: E402
 from dataloaders.synthetic import make_synthetic_dataset  # noqa: E402
+from dataloaders.transforms import build_transform  # noqa: E402
 
 
 def clips_per_second(dataset, workers: int, batch_size: int, batches: int) -> float:

@@ -24,8 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import lpr4m_embedding_eval  # noqa: E402
 from dataloaders.datasets import PairDataset, collate_samples  # noqa: E402
 from dataloaders.lpr4m import load_lpr4m_train  # noqa: E402
-from dataloaders.transforms import build_transform  # noqa: E402
 from dataloaders.synthetic import make_synthetic_dataset  # noqa: E402
+from dataloaders.transforms import build_transform  # noqa: E402
 from modules.config import VISION_CONFIGS  # noqa: E402
 from modules.rice import RICEConfig, RICEModel  # noqa: E402
 

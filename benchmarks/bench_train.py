@@ -51,9 +51,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from modules.config import VISION_CONFIGS  # noqa: E402
 from modules.rice import RICEConfig, RICEModel  # noqa: E402
+from utils.runtime.precision import Precision  # noqa: E402
 from utils.train.engine import train_step  # noqa: E402
 from utils.train.optim import build_optimizer  # noqa: E402
-from utils.runtime.precision import Precision  # noqa: E402
 
 # The trainer's defaults (utils/train/params.py).
 LR, COEF_LR, WEIGHT_DECAY, CLIP_GRAD_NORM = 3e-4, 1e-3, 0.2, 1.0

@@ -20,8 +20,7 @@ import av
 import numpy as np
 
 from .movingfashion import prepare_movingfashion
-from .synthetic_draw import (CATEGORIES, background, random_product, random_shot, jitter,
-                             render_frame, shop_image)
+from .synthetic_draw import CATEGORIES, background, jitter, random_product, random_shot, render_frame, shop_image
 
 
 @dataclass

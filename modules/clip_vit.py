@@ -87,6 +87,15 @@ class SelfAttention(nn.Module):
         return self.out_proj(out)
 
 
+def clip_mlp(width: int) -> nn.Sequential:
+    """CLIP's block MLP (width -> 4·width -> width, QuickGELU) under OpenAI's names c_fc / c_proj."""
+    return nn.Sequential(OrderedDict([
+        ("c_fc", nn.Linear(width, 4 * width)),
+        ("gelu", QuickGELU()),
+        ("c_proj", nn.Linear(4 * width, width)),
+    ]))
+
+
 class ResidualAttentionBlock(nn.Module):
     """Pre-LN transformer block: x + attn(ln_1(x)), then x + mlp(ln_2(x))."""
 
@@ -95,15 +104,7 @@ class ResidualAttentionBlock(nn.Module):
         self.ln_1 = nn.LayerNorm(width, eps=layer_norm_eps)
         self.attn = SelfAttention(width, heads)
         self.ln_2 = nn.LayerNorm(width, eps=layer_norm_eps)
-        self.mlp = nn.Sequential(
-            OrderedDict(
-                [
-                    ("c_fc", nn.Linear(width, 4 * width)),
-                    ("gelu", QuickGELU()),
-                    ("c_proj", nn.Linear(4 * width, width)),
-                ]
-            )
-        )
+        self.mlp = clip_mlp(width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x))

@@ -27,13 +27,11 @@ parameters, so its exact placement is our choice; `model.eval()` turns it off.
 
 from __future__ import annotations
 
-from collections import OrderedDict
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from modules.clip_vit import QuickGELU, ResidualAttentionBlock
+from modules.clip_vit import QuickGELU, ResidualAttentionBlock, clip_mlp
 from modules.losses import at_least_fp32
 
 PMD_LAYER_NORM_EPS = 1e-12  # every LayerNorm inside the v1 decoder
@@ -105,15 +103,7 @@ class CrossAttentionBlock(nn.Module):
         self.ln_1 = nn.LayerNorm(width, eps=PMD_LAYER_NORM_EPS)
         self.attn = CrossAttention(width, heads, dropout)
         self.ln_2 = nn.LayerNorm(width, eps=PMD_LAYER_NORM_EPS)
-        self.mlp = nn.Sequential(
-            OrderedDict(
-                [
-                    ("c_fc", nn.Linear(width, 4 * width)),
-                    ("gelu", QuickGELU()),
-                    ("c_proj", nn.Linear(4 * width, width)),
-                ]
-            )
-        )
+        self.mlp = clip_mlp(width)
 
     def forward(
         self, x: torch.Tensor, y: torch.Tensor, key_mask: torch.Tensor, y_index: torch.Tensor | None = None

@@ -34,7 +34,13 @@ from torch.utils.checkpoint import checkpoint
 from modules.clip_vit import VisionTransformer
 from modules.config import RICEConfig
 from modules.heads import PairwiseMatchingDecoder, ReconstructionWeights, drop_cls, load_text_init, pair_scores
-from modules.losses import at_least_fp32, contrastive_loss, hard_negative_candidates, matching_loss, reconstruction_error
+from modules.losses import (
+    at_least_fp32,
+    contrastive_loss,
+    hard_negative_candidates,
+    matching_loss,
+    reconstruction_error,
+)
 from utils.errors import CheckpointError, ConfigError
 from utils.runtime.distributed import all_gather, all_gather_with_grad, get_rank
 

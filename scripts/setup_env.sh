@@ -15,7 +15,7 @@ fi
 STAMP="$VENV/.installed-$(basename "$REQ")"
 HASH="$(cat "$ROOT/requirements.txt" "$ROOT/$REQ" | sha256sum | cut -d' ' -f1)"
 if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$HASH" ]; then
-  echo "[setup] installing $REQ (torch comes from the local disk; this takes a minute or two)"
+  echo "[setup] installing $REQ (torch is large: the first install takes a few minutes)"
   (cd "$ROOT" && "$VENV/bin/python" -m pip install -q -r "$REQ")
   echo "$HASH" > "$STAMP"
 fi

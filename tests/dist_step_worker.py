@@ -15,8 +15,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 from modules.rice import RICEConfig, RICEModel
 from utils.runtime.distributed import all_reduce_mean, get_rank, get_world_size
-from utils.train.engine import _accumulated_backward
 from utils.runtime.precision import Precision
+from utils.train.engine import _accumulated_backward
 
 
 def main(argv: list[str]) -> None:

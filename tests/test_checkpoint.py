@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from modules.checkpoint import CheckpointError, HeadsConfig, load_checkpoint
-from modules.config import VISION_CONFIGS
 from modules.clip_vit import ResidualAttentionBlock, VisionConfig, VisionTransformer
+from modules.config import VISION_CONFIGS
 from tests.clip_state_dicts import openai_state_dict, to_v1_storage, v1_heads
 
 TINY = VISION_CONFIGS["tiny"]

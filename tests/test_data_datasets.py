@@ -9,10 +9,10 @@ from torch.utils.data import DataLoader
 
 from dataloaders.datasets import ClipDataset, ImageDataset, PairDataset, SkipReport, collate_samples
 from dataloaders.lpr4m import load_lpr4m_test, load_lpr4m_train
-from dataloaders.transforms import build_transform
 from dataloaders.records import TrainPair
 from dataloaders.sampling import train_frame_indices
 from dataloaders.synthetic import make_synthetic_dataset
+from dataloaders.transforms import build_transform
 
 TINY = dict(num_train_lives=2, num_val_lives=1, num_test_lives=1, products_per_shop=4, categories_per_shop=2,
             clips_per_product=2, min_frames=3, max_frames=12, image_size=48, mf_train_products=1,

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from dataloaders.lpr4m import load_lpr4m_test, load_lpr4m_train
-from utils.errors import DataError
 from dataloaders.img2dataset_index import id_from_url, load_img2dataset_index
+from dataloaders.lpr4m import load_lpr4m_test, load_lpr4m_train
 from dataloaders.synthetic import make_synthetic_dataset
 from tools.index_img2dataset import main as index_main
+from utils.errors import DataError
 
 TINY = dict(num_train_lives=2, num_val_lives=1, num_test_lives=2, products_per_shop=4, categories_per_shop=2,
             clips_per_product=2, test_clips_per_product=1, min_frames=3, max_frames=12, image_size=32, mf_train_products=1,

@@ -7,9 +7,9 @@ import av
 import pytest
 
 from dataloaders.movingfashion import load_movingfashion_test, load_movingfashion_train
-from utils.errors import DataError
 from dataloaders.synthetic import make_synthetic_dataset
 from tools.prepare_movingfashion import main as prepare_main
+from utils.errors import DataError
 
 TINY = dict(num_train_lives=1, num_val_lives=1, num_test_lives=1, products_per_shop=2, categories_per_shop=1,
             clips_per_product=1, min_frames=2, max_frames=3, image_size=32, mf_train_products=3,

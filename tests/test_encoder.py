@@ -6,8 +6,8 @@ import open_clip  # test-only dependency (requirements-dev.txt)
 import pytest
 import torch
 
-from modules.config import VISION_CONFIGS
 from modules.clip_vit import QuickGELU, VisionConfig, VisionTransformer
+from modules.config import VISION_CONFIGS
 from tests.clip_state_dicts import openai_state_dict
 
 

@@ -22,11 +22,11 @@ import lpr4m_embedding_eval
 import movingfashion_eval
 from dataloaders.lpr4m import load_lpr4m_test
 from dataloaders.records import live_id_of
-from dataloaders.transforms import build_transform, load_rgb
 from dataloaders.synthetic import make_synthetic_dataset
-from modules.config import VISION_CONFIGS
-from modules.clip_vit import ResidualAttentionBlock
+from dataloaders.transforms import build_transform, load_rgb
 from modules.checkpoint import load_checkpoint
+from modules.clip_vit import ResidualAttentionBlock
+from modules.config import VISION_CONFIGS
 from modules.rice import RICEConfig, RICEModel
 
 ROOT = Path(__file__).resolve().parents[1]

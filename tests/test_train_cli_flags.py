@@ -18,8 +18,8 @@ import yaml
 
 import lpr4m_train
 from modules.checkpoint import load_checkpoint
-from tests.clip_state_dicts import openai_state_dict
 from modules.config import VISION_CONFIGS
+from tests.clip_state_dicts import openai_state_dict
 from utils.train import trainer
 from utils.train.logs import read_log
 from utils.train.scheduler import lr_factor

@@ -11,12 +11,18 @@ import torch
 
 from modules.config import VISION_CONFIGS
 from modules.rice import RICEConfig, RICEModel
-from utils.train.checkpointing import (atomic_save, epoch_checkpoints, load_training_state, prune_epoch_checkpoints,
-                                 rng_state, set_rng_state)
+from utils.runtime.precision import Precision
+from utils.train.checkpointing import (
+    atomic_save,
+    epoch_checkpoints,
+    load_training_state,
+    prune_epoch_checkpoints,
+    rng_state,
+    set_rng_state,
+)
 from utils.train.engine import EpochSampler, train_step
 from utils.train.logs import TrainLogger, read_log
 from utils.train.optim import build_optimizer
-from utils.runtime.precision import Precision
 from utils.train.scheduler import lr_factor, set_lr
 
 CPU = torch.device("cpu")

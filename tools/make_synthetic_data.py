@@ -15,7 +15,6 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 
 from dataloaders.synthetic import SyntheticConfig, make_synthetic_dataset  # noqa: E402
 
-
 HELP = {
     "num_train_lives": "livestreams whose clips go to the training TSV",
     "num_val_lives": "livestreams for training_videoinfo_val.txt",

@@ -21,6 +21,7 @@ from tqdm import tqdm
 from dataloaders.datasets import collate_samples
 from utils.runtime.distributed import Runtime
 
+
 def gather_by_index(indices: torch.Tensor, values: torch.Tensor, total: int, runtime: Runtime) -> torch.Tensor:
     """Assemble the per-process rows into one [total, ...] tensor in dataset order.
 

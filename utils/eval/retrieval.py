@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from dataloaders.datasets import ClipDataset, ImageDataset, collate_samples
+from dataloaders.datasets import ClipDataset, ImageDataset
 from dataloaders.records import GalleryImage, RetrievalSplit
 from dataloaders.transforms import build_transform
 from modules.rice import RICEModel

@@ -13,8 +13,12 @@ so torch is imported inside the functions here.
 from __future__ import annotations
 
 import contextlib
+from typing import TYPE_CHECKING
 
 from utils.errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 

@@ -31,8 +31,14 @@ from utils.errors import DataError, TrainingError
 from utils.runtime.distributed import Runtime, all_reduce_mean, barrier, is_distributed
 from utils.runtime.precision import Precision, check_precision
 from utils.train.build import StopRequest, build_model, data_root, memory_mb
-from utils.train.checkpointing import (LAST, atomic_save, load_training_state, prune_epoch_checkpoints,
-                                       set_rng_state, training_state)
+from utils.train.checkpointing import (
+    LAST,
+    atomic_save,
+    load_training_state,
+    prune_epoch_checkpoints,
+    set_rng_state,
+    training_state,
+)
 from utils.train.engine import EpochSampler, train_step
 from utils.train.logs import TrainLogger
 from utils.train.optim import build_optimizer
