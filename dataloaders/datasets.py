@@ -22,6 +22,7 @@ import logging
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import Dataset
 
 from .records import GalleryImage, Query, TrainPair
@@ -35,7 +36,8 @@ def _read(path: str, transform: ImageTransform, rng, skipped: list[str]):
     """Decode and transform one file; on failure record the path and return None."""
     try:
         return transform(load_rgb(path, transform.decode_size), rng)
-    except (OSError, ValueError, SyntaxError):  # missing, truncated or not an image
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        # missing, truncated, not an image, or over PIL's pixel limit (a decompression bomb)
         skipped.append(path)
         return None
 

@@ -187,10 +187,11 @@ def load_lpr4m_test(data_root, query_file=None, gallery_file=None, gt_file=None,
     qpath = _resolve_file(data_root, query_file, "query_tenframes*.json", "test query")
     gpath = _resolve_file(data_root, gallery_file, "gallery_main*.txt", "gallery")
     raw = _read_json(qpath)
-    gt_map = None   # the gt file wins over the "gt" field when it exists
+    gt_map, gt_path = None, None   # the gt file wins over the "gt" field when it exists
     gt_files = [p for d in ("annotations", ".") for p in (Path(data_root) / d).glob("test_videoid_to_gtimage*.json")]
     if gt_file is not None or gt_files:
-        gt_map = _read_json(_resolve_file(data_root, gt_file, "test_videoid_to_gtimage*.json", "ground truth"))
+        gt_path = _resolve_file(data_root, gt_file, "test_videoid_to_gtimage*.json", "ground truth")
+        gt_map = _read_json(gt_path)
     queries = []
     for clip_id, entry in raw.items():
         if not isinstance(entry, dict) or not isinstance(entry.get("frames"), list):
@@ -199,7 +200,8 @@ def load_lpr4m_test(data_root, query_file=None, gallery_file=None, gt_file=None,
         if not gt:
             raise DataError(f"{qpath}: query {clip_id!r} has no ground truth (looked in "
                             f"{'the gt file' if gt_map is not None else 'its gt field'})")
-        frames = [_query_frame_path(root, clip_id, f) for f in entry["frames"]]
+        gt = _id_list(gt, gt_path if gt_map is not None else qpath, clip_id, "the ground truth")
+        frames = [_query_frame_path(root, clip_id, f) for f in _id_list(entry["frames"], qpath, clip_id, "frames")]
         queries.append(Query(clip_id, frames, list(gt), live_id_of(clip_id)))
     gallery = []
     with open(gpath, encoding="utf-8") as f:
@@ -214,12 +216,31 @@ def load_lpr4m_test(data_root, query_file=None, gallery_file=None, gt_file=None,
     return _checked(RetrievalSplit(queries, gallery, per_group=True), qpath, gpath)
 
 
-def _read_json(path: Path):
+def _read_json(path: Path, shape: type | tuple[type, ...] = dict):
+    """The JSON value in `path`, whose top level must be of `shape` (a DataError names the file otherwise)."""
     try:
         with open(path, encoding="utf-8") as f:
-            return json.load(f)
+            value = json.load(f)
     except ValueError as e:
         raise DataError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(value, shape):
+        wanted = " or ".join(_JSON_NAMES[t] for t in (shape if isinstance(shape, tuple) else (shape,)))
+        found = _JSON_NAMES.get(type(value), type(value).__name__)
+        raise DataError(f"{path}: expected a JSON {wanted} at the top level, found {found}: "
+                        f"{json.dumps(value)[:80]}")
+    return value
+
+
+_JSON_NAMES = {dict: "object {...}", list: "array [...]", str: "string", int: "number", float: "number",
+               bool: "boolean", type(None): "null"}
+
+
+def _id_list(value, path: Path, clip_id: str, what: str) -> list[str]:
+    """A list of ids from a JSON file, checked (a DataError names the file and the clip otherwise)."""
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise DataError(f"{path}: {what} of {clip_id!r} must be a list of ids (strings), got "
+                        f"{json.dumps(value)[:80]}")
+    return value
 
 
 def _load_original_test(data_root, gt_file, frames_file, gallery_file, index) -> RetrievalSplit:
@@ -227,17 +248,18 @@ def _load_original_test(data_root, gt_file, frames_file, gallery_file, index) ->
     fr_path = _resolve_file(data_root, frames_file, "test_frameid2gtbox*.json", "test frame list")
     ga_path = _resolve_file(data_root, gallery_file, "test_liveid_to_gallery*.json", "gallery")
     frames_of = defaultdict(list)
-    for frame_id in _read_json(fr_path):
+    for frame_id in _read_json(fr_path, (dict, list)):
         frames_of[frame_id.rsplit("-", 1)[0]].append(frame_id)
     queries, missing = [], 0
     for clip_id, gt in _read_json(gt_path).items():
+        gt = _id_list(gt, gt_path, clip_id, "the ground truth")
         frame_ids = sorted(frames_of.get(clip_id, []))
         paths = [index[f] for f in frame_ids if f in index]
         missing += len(frame_ids) - len(paths)
         queries.append(Query(clip_id, paths, list(gt), live_id_of(clip_id)))
     gallery, missing_images = [], 0
     for live_id, image_ids in _read_json(ga_path).items():
-        for image_id in image_ids:
+        for image_id in _id_list(image_ids, ga_path, live_id, "the gallery"):
             missing_images += image_id not in index
             gallery.append(GalleryImage(image_id, index.get(image_id, ""), live_id))
     if missing or missing_images:

@@ -118,10 +118,14 @@ class LoadedCheckpoint:
         return {"recons_feat": False}, notes
 
 
-def export_model(model: torch.nn.Module, config: dict, args: dict) -> dict:
-    """The model file of our format (`model.pt`): fp32 weights, the RICEConfig, the training flags."""
+def export_model(model: torch.nn.Module, config: dict, args: dict, final_losses: dict | None = None) -> dict:
+    """The model file of our format (`model.pt`): fp32 weights, the RICEConfig, the training flags and,
+    from a finished run, its last logged losses (evaluation uses them to warn about an untrained PMD)."""
     state = {k: v.detach().float().cpu() for k, v in model.state_dict().items()}
-    return {"format": OUR_FORMAT, "model": state, "model_config": config, "args": args}
+    exported = {"format": OUR_FORMAT, "model": state, "model_config": config, "args": args}
+    if final_losses:
+        exported["final_losses"] = dict(final_losses)
+    return exported
 
 
 def load_checkpoint(path: str | os.PathLike) -> LoadedCheckpoint:
@@ -167,6 +171,12 @@ def load_checkpoint(path: str | os.PathLike) -> LoadedCheckpoint:
 
 
 def _read_file(path: Path) -> object:
+    if path.is_dir():
+        found = sorted(p.name for p in path.iterdir() if p.suffix in (".pt", ".pth", ".bin", ".ckpt")
+                       or p.name.startswith("pytorch_model.bin"))
+        hint = f" (it holds {', '.join(found[:5])})" if found else ""
+        raise CheckpointError(f"{path} is a folder, not a checkpoint file{hint}; pass the file itself, e.g. "
+                              f"{path / (found[0] if found else 'model.pt')}")
     if not path.is_file():
         raise CheckpointError(f"checkpoint file not found: {path} (check the path or download it first)")
     if _is_torchscript_archive(path):

@@ -234,13 +234,13 @@ def test_save_every_steps(small_data, tmp_path, monkeypatch):
     real = trainer.atomic_save
 
     def spy(obj, path):
-        saved.append((path.name, obj.get("step"), obj.get("batch_in_epoch")))
+        saved.append((path.name, obj.get("step"), obj.get("sample_in_epoch")))
         return real(obj, path)
 
     monkeypatch.setattr(trainer, "atomic_save", spy)
     _run(small_data, tmp_path / "run", "--save_every_steps", "2", steps=5)
-    assert ("last.pt", 2, 2) in saved and ("last.pt", 4, 4) in saved
-    assert ("last.pt", 5, 5) in saved  # the end of a run cut by --max_steps keeps its place
+    assert ("last.pt", 2, 16) in saved and ("last.pt", 4, 32) in saved  # batch 8: the place is in samples
+    assert ("last.pt", 5, 40) in saved  # the end of a run cut by --max_steps keeps its place
     saved.clear()
     _run(small_data, tmp_path / "never", "--save_every_steps", "0", steps=5)
     assert [s[0] for s in saved] == ["last.pt", "model.pt"]

@@ -179,10 +179,29 @@ def test_epoch_sampler_shards_shuffles_and_skips():
         s.set_epoch(3)
     a, b = list(shards[0]), list(shards[1])
     assert len(a) == len(b) == 24 and not set(a) & set(b)  # 6 batches of 4 each, disjoint
+    # Oracle: the epoch's global order is randperm(seed + epoch); global batch k is its positions
+    # [8k, 8k+8), rank 0 takes the first 4 of each, rank 1 the next 4; the last 2 samples are left out.
+    order = torch.randperm(50, generator=torch.Generator().manual_seed(7 + 3)).tolist()
+    assert a == [order[8 * k + i] for k in range(6) for i in range(4)]
+    assert b == [order[8 * k + 4 + i] for k in range(6) for i in range(4)]
     shards[0].set_epoch(4)
     assert list(shards[0]) != a  # another epoch, another order
-    shards[0].set_epoch(3, start_batch=2)
+    shards[0].set_epoch(3, start_sample=16)  # two global batches done
     assert list(shards[0]) == a[8:] and len(shards[0]) == 16
+
+
+def test_epoch_sampler_resumes_by_sample_with_another_batch_size():
+    """16 samples of the epoch seen at batch 8; the rest at global batch 6 on 3 processes: nothing twice."""
+    seen_before = list(EpochSampler(50, world_size=1, rank=0, local_batch=8, seed=1))[:16]
+    after = []
+    for rank in range(3):
+        shard = EpochSampler(50, world_size=3, rank=rank, local_batch=2, seed=1)
+        shard.set_epoch(0, start_sample=16)
+        after.append(list(shard))
+    rest = [i for batch in zip(*(zip(*[iter(a)] * 2) for a in after)) for pair in batch for i in pair]
+    order = torch.randperm(50, generator=torch.Generator().manual_seed(1)).tolist()
+    assert seen_before + rest == order[:16 + 5 * 6]  # 34 samples left: 5 global batches of 6, 4 left out
+    assert len(set(seen_before + rest)) == len(seen_before + rest)
 
 
 def test_atomic_save_and_training_state_checks(tmp_path):

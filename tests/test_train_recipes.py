@@ -306,6 +306,8 @@ def test_plot_two_runs_with_validation(tmp_path):
     data = out.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     assert len(data) > 10_000
+    default = plot_logs.main([str(b)])  # no --output: beside the (first) log
+    assert default == tmp_path / "lpr4m_icl_pmd_pfr" / "curves.png" and default.read_bytes()[:4] == b"\x89PNG"
 
 
 def test_last_pass_keeps_the_later_records():

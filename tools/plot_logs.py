@@ -1,6 +1,9 @@
 """Draw the training curves of one or more runs of lpr4m_train.py from their log.jsonl.
 
-    python tools/plot_logs.py RUN/log.jsonl [RUN2/log.jsonl ...] [--output curves.png]
+    python tools/plot_logs.py RUN/log.jsonl [RUN2/log.jsonl ...] [--output PNG]
+
+The picture goes to --output, by default curves.png beside the first log
+(RUN/curves.png); the path is printed.
 
 Panels, against the optimizer step, one colour per run (labelled with the run
 folder's name):
@@ -126,14 +129,15 @@ def plot_logs(paths: list[Path], output: Path) -> Path:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("logs", nargs="+", type=Path, help="log.jsonl files of training runs")
-    p.add_argument("--output", type=Path, default=Path("curves.png"), help="the PNG to write")
+    p.add_argument("--output", type=Path, default=None,
+                   help="the PNG to write (default: curves.png in the folder of the first log)")
     return p
 
 
 def main(argv: list[str] | None = None) -> Path:
     args = build_parser().parse_args(argv)
     try:
-        output = plot_logs(args.logs, args.output)
+        output = plot_logs(args.logs, args.output or args.logs[0].parent / "curves.png")
     except (OSError, ValueError) as err:
         raise SystemExit(f"error: {err}") from None
     print(f"[plot_logs] wrote {output}")

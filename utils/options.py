@@ -11,10 +11,12 @@ of a YAML `--config` file (training), the row, the flags on the command line.
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from modules.config import CROSS_ATTENTION, MEAN_POOLING, SIM_HEADERS, check_heads
 from utils.errors import ConfigError
+from utils.runtime.resources import default_num_workers
 
 # README row -> the flags that select it (docs/method.md, ablation rows).
 ROWS: dict[str, dict] = {
@@ -110,3 +112,22 @@ def check_at_least(parser: argparse.ArgumentParser, args: argparse.Namespace, mi
         value = getattr(args, name)
         if value is not None and value < minimum:
             parser.error(f"--{name} must be >= {minimum}, got {value}")
+
+
+def resolve_num_workers(args: argparse.Namespace) -> None:
+    """`--num_workers` left unset: from the CPUs this process may use (utils/runtime/resources.py)."""
+    if args.num_workers is None:
+        args.num_workers = default_num_workers()
+
+
+def check_writable(folder: str | Path, flag: str = "--output_dir") -> None:
+    """Create `folder` if needed and prove it takes a file; ConfigError otherwise (before any long work)."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write_test{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise ConfigError(f"{flag} {folder} is not writable ({err.strerror or err}); choose a folder you can "
+                          "write to") from None

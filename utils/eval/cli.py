@@ -14,11 +14,12 @@ This module imports torch only after the flags are parsed, so --help is fast.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 from pathlib import Path
 
 from utils.errors import DataError, one_line_errors
-from utils.options import HelpFormatter, add_model_args, check_at_least, parse
+from utils.options import HelpFormatter, add_model_args, check_at_least, check_writable, parse, resolve_num_workers
 from utils.runtime.precision import PRECISIONS
 
 DATASETS = {"lpr4m": "LPR4M (one gallery per livestream)", "movingfashion": "MovingFashion (one global gallery)"}
@@ -60,7 +61,9 @@ def build_parser(dataset: str) -> argparse.ArgumentParser:
     run.add_argument("--precision", choices=PRECISIONS, default="fp32", help="encoder compute precision")
     run.add_argument("--batch_size", type=int, default=16,
                      help="query clips per batch (gallery batches hold batch_size x max_frames images)")
-    run.add_argument("--num_workers", type=int, default=4, help="data loading processes per GPU process")
+    run.add_argument("--num_workers", type=int, default=None,
+                     help="data loading processes per evaluation process (default: the CPUs this process may use, "
+                     "shared among the processes of its machine, less one; at most 8)")
     run.add_argument("--save_features", action="store_true",
                      help="also write features.npz (query/gallery ids and L2-normalised features)")
     run.add_argument("--no_progress", action="store_true", help="no tqdm progress bars")
@@ -72,6 +75,7 @@ def parse_args(dataset: str, argv: list[str] | None) -> argparse.Namespace:
     args = parse(parser, argv)
     check_at_least(parser, args, 1, ("n_gpu", "batch_size", "max_frames", "rerank_topk"))
     check_at_least(parser, args, 0, ("num_workers",))
+    resolve_num_workers(args)
     return args
 
 
@@ -98,6 +102,10 @@ def evaluate(args: argparse.Namespace, dataset: str, runtime) -> dict | None:
         + (f"PMD re-ranking of the top {args.rerank_topk}" if do_rerank else "embedding ranking")
     )
 
+    warnings = _untrained_pmd(ckpt, config) if do_rerank else []
+    for warning in warnings:
+        runtime.log(f"warning: {warning}")
+
     split = SPECS[dataset].load_test(args.data_root, args)
     if not split.queries or not split.gallery:
         raise DataError(f"{args.data_root}: found {len(split.queries)} queries and {len(split.gallery)} gallery "
@@ -108,10 +116,30 @@ def evaluate(args: argparse.Namespace, dataset: str, runtime) -> dict | None:
     if not runtime.is_main:
         return None
     info = {"dataset": dataset, "checkpoint": str(ckpt.path), "checkpoint_format": ckpt.format,
-            "video_pooling": config.video_pooling}
+            "video_pooling": config.video_pooling, **({"warnings": warnings} if warnings else {})}
     metrics = write_outputs(Path(args.output_dir), Outcome(split, found, info, vars(args), args.save_features))
     print_table(metrics)
     return metrics
+
+
+UNTRAINED_FRACTION = 0.9  # a final PMD loss above this share of chance counts as "did not learn"
+
+
+def _untrained_pmd(ckpt, config) -> list[str]:
+    """A warning when the checkpoint's own training log says its PMD head stayed near chance.
+
+    PMD picks the true clip among 1 + num_hard_negatives candidates, so an
+    untrained head has loss ln(1 + num_hard_negatives); re-ranking with it
+    reorders the embedding top-K almost at random. Only files written by
+    lpr4m_train.py carry their final losses.
+    """
+    loss = ckpt.extra.get("final_losses", {}).get("pmd")
+    chance = math.log(1 + config.num_hard_negatives)
+    if loss is None or loss < UNTRAINED_FRACTION * chance:
+        return []
+    return [f"the PMD head of {ckpt.path} barely learned (its training loss ended at {loss:.3f}, chance is "
+            f"ln {1 + config.num_hard_negatives} = {chance:.3f}): PMD re-ranking is close to random and can lower "
+            "R1; pass --embedding_sim to rank by embedding only"]
 
 
 def _worker(args: argparse.Namespace, dataset: str) -> dict | None:
@@ -126,6 +154,8 @@ def _worker(args: argparse.Namespace, dataset: str) -> dict | None:
 def run(argv: list[str] | None, dataset: str) -> dict | None:
     """Parse argv, start the processes, evaluate; return the metrics (main process)."""
     args = parse_args(dataset, argv)
+    if int(os.environ.get("RANK", "0")) == 0:
+        check_writable(args.output_dir)  # before any encoding: the results must have a place to go
     import torch
 
     from utils.eval.report import read_metrics

@@ -65,7 +65,7 @@ def extract_features(
     batch_size: int,
     num_workers: int,
     desc: str,
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """Encode a dataset once across all processes.
 
     Args:
@@ -75,14 +75,15 @@ def extract_features(
         desc: label of the progress bar (shown on the main process).
     Returns:
         features [N, D] float32 and valid [N] bool, in dataset order, on the
-        CPU, identical on every process.
+        CPU, identical on every process; and the files the items could not
+        read (their "skipped" lists), from every process, sorted.
     """
     share = list(range(runtime.rank, len(dataset), runtime.world_size))
     loader = DataLoader(
         Subset(dataset, share), batch_size=batch_size, shuffle=False, num_workers=num_workers,
         collate_fn=collate_samples
     )
-    indices, features, valid = [], [], []
+    indices, features, valid, skipped = [], [], [], []
     bar = tqdm(loader, desc=desc, unit="batch", disable=not (runtime.progress and runtime.is_main))
     for batch in bar:
         with runtime.autocast():
@@ -90,6 +91,7 @@ def extract_features(
         indices.append(batch["index"])
         features.append(feats.float().cpu())
         valid.append(ok.cpu())
+        skipped.extend(batch["skipped"])
     if not indices:  # more processes than items: this one has nothing to do
         dim = _feature_dim(dataset, encode, runtime)
         indices, features = [torch.empty(0, dtype=torch.int64)], [torch.empty(0, dim)]
@@ -97,7 +99,11 @@ def extract_features(
     index = torch.cat(indices)
     feats = gather_by_index(index, torch.cat(features), len(dataset), runtime)
     ok = gather_by_index(index, torch.cat(valid).to(torch.uint8), len(dataset), runtime).bool()
-    return feats, ok
+    if runtime.world_size > 1:
+        shares = [None] * runtime.world_size
+        dist.all_gather_object(shares, skipped)
+        skipped = [path for share in shares for path in share]
+    return feats, ok, sorted(skipped)
 
 
 def _feature_dim(dataset: Dataset, encode: Callable, runtime: Runtime) -> int:

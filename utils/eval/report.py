@@ -9,6 +9,9 @@ In --output_dir:
                   {"query_id", "gt", "missing", "ranking": [{"image_id", "score"
                   (embedding cosine), "pmd_score" (re-ranked entries only)}, ...]}
                   best first, at least the top 10.
+  skipped_files.txt  every file that could not be read, one per line:
+                  "<kind>\t<path>" (kind: gallery images, query frames); written
+                  only when there are some.
   features.npz    with --save_features: query_ids, query_features [Q, D],
                   query_valid [Q], gallery_ids, gallery_groups, gallery_features
                   [G, D], gallery_valid [G] (L2-normalised float32; rows of
@@ -51,8 +54,14 @@ def write_outputs(out_dir: Path, outcome: Outcome) -> dict:
         "num_missing_queries": int((~found.query_ok).sum()),
         "num_gallery_images": len(split.gallery),
         "num_missing_gallery_images": int((~found.usable).sum()),
+        **{f"num_unreadable_{kind.replace(' ', '_')}": len(paths) for kind, paths in found.unreadable.items()},
     }
     out_dir.mkdir(parents=True, exist_ok=True)
+    skipped = out_dir / "skipped_files.txt"
+    if any(found.unreadable.values()):
+        skipped.write_text("".join(f"{kind}\t{path}\n" for kind, paths in found.unreadable.items() for path in paths))
+    elif skipped.exists():
+        skipped.unlink()  # left by an earlier evaluation into this folder
     final = "reranked" if "reranked" in results else "embedding"
     metrics = {**results[final], **counts, "ranking": "pmd_rerank" if final == "reranked" else "embedding",
                **results, **outcome.info, "flags": dict(sorted(outcome.flags.items()))}
@@ -105,5 +114,10 @@ def print_table(metrics: dict) -> None:
         print(name.ljust(width) + "".join(f"{values[k]:8.2f}" for k in ks))
     print(
         f"{metrics['num_queries']} queries ({metrics['num_missing_queries']} without frames, counted as misses), "
-        f"{metrics['num_gallery_images']} gallery images ({metrics['num_missing_gallery_images']} unreadable)\n"
+        f"{metrics['num_gallery_images']} gallery images ({metrics['num_missing_gallery_images']} unreadable)"
     )
+    counts = [(kind, metrics.get(f"num_unreadable_{kind}", 0)) for kind in ("query_frames", "gallery_images")]
+    if any(n for _, n in counts):
+        print("unreadable files: " + ", ".join(f"{n} {kind.replace('_', ' ')}" for kind, n in counts)
+              + " (listed in skipped_files.txt)")
+    print()

@@ -41,6 +41,7 @@ class Retrieval:
     query_ok: torch.Tensor  # [Q] bool: the query had a readable frame
     gallery_feats: torch.Tensor  # [G, E], one row per gallery entry
     usable: np.ndarray  # [G] bool: the gallery image could be read
+    unreadable: dict[str, list[str]]  # {"gallery images": [...], "query frames": [...]}: files that could not be read
 
 
 @torch.no_grad()
@@ -71,10 +72,13 @@ def retrieve(model: RICEModel, split: RetrievalSplit, runtime: Runtime, *, max_f
         emb, _, _ = model.encode_videos(batch["frames"].to(device), mask)
         return emb, mask.any(dim=1)
 
-    image_feats, image_ok = extract_features(images, encode_images, runtime, batch_size=batch_size * max_frames,
-                                             num_workers=num_workers, desc="gallery")
-    query_feats, query_ok = extract_features(clips, encode_clips, runtime, batch_size=batch_size,
-                                             num_workers=num_workers, desc="queries")
+    image_feats, image_ok, bad_images = extract_features(images, encode_images, runtime,
+                                                         batch_size=batch_size * max_frames, num_workers=num_workers,
+                                                         desc="gallery")
+    query_feats, query_ok, bad_frames = extract_features(clips, encode_clips, runtime, batch_size=batch_size,
+                                                         num_workers=num_workers, desc="queries")
+    unreadable = {"gallery images": bad_images, "query frames": bad_frames}
+    _report_unreadable(unreadable, int((~query_ok).sum()), runtime, where)
 
     if not (torch.isfinite(image_feats[image_ok]).all() and torch.isfinite(query_feats[query_ok]).all()):
         raise ConfigError(f"features contain NaN or inf with --precision {runtime.precision}; try --precision fp32")
@@ -110,4 +114,15 @@ def retrieve(model: RICEModel, split: RetrievalSplit, runtime: Runtime, *, max_f
                          num_workers=num_workers)
         ranking, pmd = rerank(ranking, raw)
         results["reranked"] = recall_at_k(first_hit_ranks(ranking, gallery_ids, gts), depth=RANKING_DEPTH)
-    return Retrieval(results, ranking, pmd, query_feats, query_ok, gallery_feats, usable)
+    return Retrieval(results, ranking, pmd, query_feats, query_ok, gallery_feats, usable, unreadable)
+
+
+def _report_unreadable(unreadable: dict[str, list[str]], queries_without_frames: int, runtime: Runtime,
+                       where: str, examples: int = 3) -> None:
+    """One line per kind of unreadable file, with the first few names (the full lists go to the outputs)."""
+    for kind, paths in unreadable.items():
+        if paths:
+            runtime.log(f"note: {where}: {len(paths)} {kind} could not be read (missing, truncated, not an image "
+                        f"or too large), e.g. {', '.join(paths[:examples])}")
+    if queries_without_frames:
+        runtime.log(f"note: {where}: {queries_without_frames} queries have no readable frame (counted as misses)")

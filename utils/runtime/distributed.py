@@ -96,6 +96,15 @@ def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
     return out / get_world_size()
 
 
+def any_process(flag: bool, device: torch.device) -> bool:
+    """True on every process when `flag` is True on at least one (the flag itself with no process group)."""
+    if not is_distributed():
+        return flag
+    value = torch.tensor([float(flag)], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
 # --------------------------------------------------------------------------- process set-up
 
 

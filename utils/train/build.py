@@ -5,17 +5,19 @@ from __future__ import annotations
 import argparse
 import logging
 import resource
+import shutil
 import signal
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 
 from dataloaders.registry import DATASETS
 from modules.checkpoint import load_checkpoint
 from modules.config import VISION_CONFIGS, RICEConfig
 from modules.rice import RICEModel
-from utils.runtime.distributed import Runtime, barrier, is_distributed
+from utils.errors import ConfigError, TrainingError
+from utils.options import check_writable
+from utils.runtime.distributed import Runtime, any_process, barrier
 
 log = logging.getLogger("rice.train")
 
@@ -81,8 +83,44 @@ class StopRequest:
             signal.signal(sig, handler)
 
     def agreed(self, device: torch.device) -> bool:
-        if not is_distributed():
-            return self.requested
-        flag = torch.tensor([float(self.requested)], device=device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return bool(flag.item())
+        return any_process(self.requested, device)
+
+
+RUN_FILES = ("args.yaml", "log.jsonl", "model.pt", "checkpoints", "tensorboard")
+
+
+def prepare_output_dir(args: argparse.Namespace, runtime: Runtime) -> None:
+    """Make sure a run cannot silently overwrite another one, and that its folder is writable.
+
+    A folder that already holds a run is refused unless the run is resumed
+    (--resume) or --overwrite deletes that run's files first. Temporary files
+    that a kill during a checkpoint write left behind are removed. The decision
+    is the main process's and every process learns it, so all stop together.
+    """
+    out = Path(args.output_dir)
+    problem = None
+    if runtime.is_main:
+        problem = _output_dir_problem(args, out)
+    if any_process(problem is not None, runtime.device):
+        raise TrainingError(problem or "the main process could not use --output_dir (see its error)")
+
+
+def _output_dir_problem(args: argparse.Namespace, out: Path) -> str | None:
+    existing = [name for name in RUN_FILES if (out / name).exists()]
+    if existing and not args.resume:
+        if not args.overwrite:
+            return (f"--output_dir {out} already holds a run ({', '.join(existing)}): continue it with --resume "
+                    "latest, start afresh there with --overwrite (its files are deleted first), or choose "
+                    "another --output_dir")
+        for name in existing:
+            path = out / name
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+        log.info("--overwrite: deleted the previous run's %s in %s", ", ".join(existing), out)
+    try:
+        check_writable(out)
+    except ConfigError as err:
+        return str(err)
+    for stale in (out / "checkpoints").glob(".*.tmp*"):  # a kill during a checkpoint write
+        stale.unlink()
+        log.info("removed %s, left by an interrupted checkpoint write", stale)
+    return None

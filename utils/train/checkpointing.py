@@ -8,7 +8,8 @@ optimisation state:
     model         the RICEModel state dict (fp32)
     model_config  RICEConfig.to_dict()
     optimizer     AdamW state;  scaler: the fp16 GradScaler state ({} otherwise)
-    step          optimizer steps done;  epoch: current epoch;  batch_in_epoch: its batches done
+    step          optimizer steps done;  epoch: current epoch;  sample_in_epoch: its samples done
+                  (files of older versions hold batch_in_epoch, batches of the run's batch size)
     rng           Python, NumPy, torch CPU (and CUDA) generator states
     args          the resolved command-line arguments
 
@@ -63,10 +64,10 @@ def set_rng_state(state: dict) -> None:
 
 
 def training_state(model, config: dict, args: dict, optimizer, precision, step: int, epoch: int,
-                   batch_in_epoch: int) -> dict:
+                   sample_in_epoch: int) -> dict:
     state = export_model(model, config, args)
     state.update(optimizer=optimizer.state_dict(), scaler=precision.state_dict(), step=step, epoch=epoch,
-                 batch_in_epoch=batch_in_epoch, rng=rng_state())
+                 sample_in_epoch=sample_in_epoch, rng=rng_state())
     return state
 
 
@@ -76,7 +77,9 @@ def load_training_state(path: Path) -> dict:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any failure here means "not a usable checkpoint"
         raise CheckpointError(f"{path}: cannot read this training checkpoint ({type(err).__name__}: {err})") from None
-    missing = {"format", "model", "optimizer", "step", "epoch", "batch_in_epoch", "rng"} - set(state)
+    missing = {"format", "model", "optimizer", "step", "epoch", "rng"} - set(state)
+    if not {"sample_in_epoch", "batch_in_epoch"} & set(state):
+        missing.add("sample_in_epoch")
     if state.get("format") != OUR_FORMAT or missing:
         raise CheckpointError(f"{path} is not a training checkpoint of lpr4m_train.py (missing {sorted(missing)}); "
                          "to start from a model file use --init_model instead of --resume")

@@ -4,48 +4,60 @@
 accumulation the encoder runs over micro-batches, and the gradient still
 equals the whole batch's), clips the gradient norm and steps the optimizer.
 `EpochSampler` gives this process its share of an epoch's shuffled order,
-starting at any batch, so a run resumed mid-epoch sees exactly the batches the
-uninterrupted run would have seen.
+starting at any sample, so a run resumed mid-epoch sees exactly the samples the
+uninterrupted run would have seen (with the same batch size, the same batches).
 """
 
 from __future__ import annotations
-
-import itertools
 
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DistributedSampler, Sampler
+from torch.utils.data import Sampler
 
 from utils.runtime.distributed import is_distributed
 from utils.runtime.precision import Precision
 
 
 class EpochSampler(Sampler):
-    """DistributedSampler's share of the epoch (shuffled with seed + epoch), minus its first batches.
+    """This process's share of an epoch's shuffled order, from any sample position.
 
-    Every process gets the same number of indices (the tail of the shuffled
-    order that would not fill a global batch is dropped), so all processes run
-    the same number of steps.
+    The global order of epoch e is a permutation of all samples
+    (`torch.randperm` seeded with seed + e). Global batch k is positions
+    [k·B, (k+1)·B) of it, B = world_size · local_batch, and process r takes
+    the slice [r·L, (r+1)·L) of each. The tail that does not fill a global
+    batch is left out, so every process runs the same number of steps.
+
+    The place in an epoch is a number of samples, not of batches: a run
+    resumed with another batch size or process count goes on with exactly the
+    samples the interrupted run had not seen yet.
     """
 
     def __init__(self, dataset_size: int, world_size: int, rank: int, local_batch: int, seed: int):
-        self.local_batch = local_batch
-        self.inner = DistributedSampler(range(dataset_size), num_replicas=world_size, rank=rank, shuffle=True,
-                                        seed=seed, drop_last=True)
-        self.batches_per_epoch = len(self.inner) // local_batch
-        self.skip = 0
+        self.size, self.rank, self.local_batch, self.seed = dataset_size, rank, local_batch, seed
+        self.global_batch = world_size * local_batch
+        self.batches_per_epoch = dataset_size // self.global_batch  # of a whole epoch
+        self.epoch, self.start = 0, 0
 
-    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
-        self.inner.set_epoch(epoch)
-        self.skip = start_batch * self.local_batch
+    def set_epoch(self, epoch: int, start_sample: int = 0) -> None:
+        """Iterate epoch `epoch` from global position `start_sample` on."""
+        self.epoch, self.start = epoch, start_sample
+
+    def batches_left(self) -> int:
+        return (self.size - self.start) // self.global_batch
 
     def __iter__(self):
-        return itertools.islice(iter(self.inner), self.skip, self.batches_per_epoch * self.local_batch)
+        generator = torch.Generator()
+        generator.manual_seed(self.seed + self.epoch)
+        order = torch.randperm(self.size, generator=generator).numpy()
+        batches = self.batches_left()
+        mine = order[self.start:self.start + batches * self.global_batch].reshape(batches, self.global_batch)
+        mine = mine[:, self.rank * self.local_batch:(self.rank + 1) * self.local_batch].reshape(-1)
+        return (int(i) for i in mine)
 
     def __len__(self) -> int:
-        return self.batches_per_epoch * self.local_batch - self.skip
+        return self.batches_left() * self.local_batch
 
 
 def train_step(model: nn.Module, batch: dict, optimizer: torch.optim.Optimizer, precision: Precision,

@@ -11,11 +11,12 @@ itself a valid `--config`.
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from dataloaders.registry import DATASETS
 from modules.config import STYLES, VISION_CONFIGS
-from utils.options import HelpFormatter, add_model_args, check_at_least, parse
+from utils.options import HelpFormatter, add_model_args, check_at_least, parse, resolve_num_workers
 from utils.runtime.precision import PRECISIONS
 
 
@@ -41,7 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--transform_style", choices=STYLES, default="v1",
                       help="v1: 224 bicubic squash for images and frames; v2: resize 256, random crop, flip. "
                       "Saved with the model: evaluation and validation use the matching eval transform")
-    data.add_argument("--num_workers", type=int, default=4, help="data-loading processes per training process")
+    data.add_argument("--num_workers", type=int, default=None,
+                      help="data-loading processes per training process (default: the CPUs this process may use, "
+                      "shared among the processes of its machine, less one; at most 8)")
 
     model = add_model_args(p, "model (the README rows: docs/method.md)")
     model.add_argument("--model_config", choices=sorted(VISION_CONFIGS), default="ViT-B/32",
@@ -78,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     run = p.add_argument_group("run, checkpoints and logs")
     run.add_argument("--output_dir", default="outputs/train",
                      help="where args.yaml, log.jsonl, tensorboard/, checkpoints/ and model.pt go")
+    run.add_argument("--overwrite", action="store_true",
+                     help="OUTPUT_DIR already holds a run and --resume is not given: delete that run's files and "
+                     "start afresh (without it such a folder is refused)")
     run.add_argument("--resume", help="a checkpoint to continue from, or 'latest': OUTPUT_DIR/checkpoints/last.pt "
                      "if it exists (otherwise start afresh)")
     run.add_argument("--save_every_steps", type=int, default=500,
@@ -91,6 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="after each epoch, retrieval R1/R5/R10 on the VALIDATION split (LPR4M layouts)")
     run.add_argument("--val_max_queries", type=int, default=None,
                      help="validate on the first N validation clips only (their galleries stay whole)")
+    run.add_argument("--n_gpu", type=int, default=None,
+                     help="accepted as in the evaluation scripts, but training runs one process per GPU under "
+                     "torchrun: with N > 1 use `torchrun --nproc_per_node N lpr4m_train.py ...` (or "
+                     "NPROC_PER_NODE=N bash scripts/train.sh ...); checked against the processes started")
     run.add_argument("--device", choices=("cpu", "cuda"), default=None,
                      help="default: cuda when a GPU is visible, else cpu")
     return p
@@ -107,7 +117,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Flag combinations that can never work, reported as a usage error."""
     check_at_least(parser, args, 1, ("max_frames", "batch_size", "gradient_accumulation_steps", "epochs",
-                                     "log_every_steps", "max_steps", "val_max_queries"))
+                                     "log_every_steps", "max_steps", "val_max_queries", "n_gpu"))
     check_at_least(parser, args, 0, ("num_workers", "save_every_steps", "keep_checkpoints", "lr", "coef_lr",
                                      "weight_decay", "clip_grad_norm"))
     if not 0.0 <= args.warmup_proportion < 1.0:
@@ -118,6 +128,14 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
     if args.pretrained_clip and args.init_model:
         parser.error("give either --pretrained_clip (start from CLIP) or --init_model (start from a RICE "
                      "checkpoint), not both")
+    if args.resume and args.overwrite:
+        parser.error("give either --resume (continue the run in OUTPUT_DIR) or --overwrite (replace it), not both")
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if args.n_gpu is not None and args.n_gpu != world:
+        parser.error(f"--n_gpu {args.n_gpu}, but {world} training process(es) were started: training runs one "
+                     f"process per GPU, started by torchrun: torchrun --nproc_per_node {args.n_gpu} lpr4m_train.py "
+                     f"... (or NPROC_PER_NODE={args.n_gpu} bash scripts/train.sh DATASET ROW)")
+    resolve_num_workers(args)
     if args.validate and spec.load_validation is None:
         parser.error(f"--validate needs a validation split; the {args.dataset} release has none "
                      "(validate on --dataset lpr4m or synthetic, or drop --validate)")

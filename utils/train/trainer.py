@@ -27,13 +27,14 @@ from dataloaders.datasets import PairDataset, SkipReport, collate_samples
 from dataloaders.registry import DATASETS
 from dataloaders.transforms import build_transform
 from modules.checkpoint import export_model
-from utils.errors import DataError, TrainingError
+from utils.errors import CheckpointError, DataError, TrainingError
 from utils.runtime.distributed import Runtime, all_reduce_mean, barrier, is_distributed
 from utils.runtime.precision import Precision, check_precision
-from utils.train.build import StopRequest, build_model, data_root, memory_mb
+from utils.train.build import StopRequest, build_model, data_root, memory_mb, prepare_output_dir
 from utils.train.checkpointing import (
     LAST,
     atomic_save,
+    epoch_checkpoints,
     load_training_state,
     prune_epoch_checkpoints,
     set_rng_state,
@@ -67,10 +68,13 @@ class Trainer:
         self.ckpt_dir = self.out / "checkpoints"
         check_precision(args.precision, runtime.device)
         self.local_batch = _local_batch(args, runtime.world_size)
+        prepare_output_dir(args, runtime)
         self._build_data_and_model()
         self.optimizer = build_optimizer(self.model, args.lr, args.coef_lr, args.weight_decay)
         self.precision = Precision(args.precision, runtime.device)
-        self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
+        self.step, self.epoch, self.sample_in_epoch = 0, 0, 0
+        self.validated_at = None  # the step of the last validation
+        self.last_losses: dict[str, float] = {}  # the last logged losses, saved with the model
         self.resumed_from = self._resume()
         self.ddp = self.model
         if runtime.world_size > 1:
@@ -106,23 +110,26 @@ class Trainer:
     def _resume(self) -> Path | None:
         """Load the optimisation state to continue from, if any; seed the dropout RNG otherwise."""
         args, runtime = self.args, self.runtime
-        path = _resume_path(args, self.ckpt_dir)
-        if path is None:
+        found = _resume_state(args, self.ckpt_dir)
+        if found is None:
             torch.manual_seed(args.seed + runtime.rank)  # dropout differs between processes
             return None
-        state = load_training_state(path)
+        path, state = found
         try:
             self.model.load_state_dict(state["model"])
         except RuntimeError as err:
             raise TrainingError(f"--resume {path} holds another model than these flags build; resume with "
                                 f"the run's own flags (its args.yaml works as --config): {str(err)[:300]}") from None
         saved_batch = state.get("args", {}).get("batch_size")
-        if saved_batch not in (None, args.batch_size):
-            log.warning("resuming a run trained with --batch_size %s with %d: the rest of this epoch's data "
-                        "order is not the one the original run would have used", saved_batch, args.batch_size)
         self.optimizer.load_state_dict(state["optimizer"])
         self.precision.load_state_dict(state["scaler"])
-        self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        self.step, self.epoch = state["step"], state["epoch"]
+        # Files written before the place was counted in samples hold batches of the run's own size.
+        self.sample_in_epoch = state.get("sample_in_epoch", state.get("batch_in_epoch", 0) * (saved_batch or 0))
+        if saved_batch not in (None, args.batch_size) and runtime.is_main:
+            log.warning("resuming a run trained with --batch_size %s with %d: epoch %d goes on from its sample %d "
+                        "(no sample skipped or repeated); the step count and the schedule follow the new batch "
+                        "size", saved_batch, args.batch_size, self.epoch, self.sample_in_epoch)
         rngs = state["rng"]
         if len(rngs) == runtime.world_size:
             set_rng_state(rngs[runtime.rank])
@@ -131,15 +138,14 @@ class Trainer:
                         runtime.world_size, len(rngs))
             torch.manual_seed(args.seed + 1000 * self.step + runtime.rank)
         if runtime.is_main:
-            log.info("resumed from %s at step %d (epoch %d, batch %d)", path, self.step, self.epoch,
-                     self.batch_in_epoch)
+            log.info("resumed from %s at step %d (epoch %d, sample %d)", path, self.step, self.epoch,
+                     self.sample_in_epoch)
         return path
 
     # ---------------------------------------------------------------- the run
     def run(self) -> dict:
         args, runtime = self.args, self.runtime
         if runtime.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
             save_args(args, self.out / "args.yaml")
         resume_step = self.step if self.resumed_from else None
         self.logger = TrainLogger(self.out, runtime.is_main, not args.no_tensorboard, resume_step=resume_step)
@@ -156,13 +162,17 @@ class Trainer:
                     break
                 self._end_epoch()
         self.bar.close()
+        if self.val_split is not None and self.validated_at != self.step:
+            if runtime.is_main:
+                log.info("validation at the end of training (step %d)", self.step)
+            self._validate()
         return self._finish()
 
     def _train_epoch(self, stop: StopRequest) -> bool:
         """Train from the current place to the end of the epoch or of the run; True when the epoch ended."""
         args, runtime = self.args, self.runtime
         self.dataset.set_epoch(self.epoch)
-        self.sampler.set_epoch(self.epoch, self.batch_in_epoch)
+        self.sampler.set_epoch(self.epoch, self.sample_in_epoch)
         loader = DataLoader(self.dataset, batch_size=self.local_batch, sampler=self.sampler,
                             num_workers=args.num_workers, collate_fn=collate_samples, drop_last=True,
                             pin_memory=runtime.device.type == "cuda",
@@ -171,7 +181,7 @@ class Trainer:
             set_lr(self.optimizer, self.step, self.total_steps, self.warmup_steps)
             losses = train_step(self.ddp, batch, self.optimizer, self.precision, args.gradient_accumulation_steps,
                                 args.clip_grad_norm, runtime.device)
-            self.step, self.batch_in_epoch = self.step + 1, self.batch_in_epoch + 1
+            self.step, self.sample_in_epoch = self.step + 1, self.sample_in_epoch + args.batch_size
             self.window_samples += args.batch_size
             self.report.update(batch)
             self.bar.update(1)
@@ -179,6 +189,7 @@ class Trainer:
                 record = _record(losses, self.optimizer, self.step, self.epoch, self.window_samples,
                                  self.window_start, runtime.device)
                 self.bar.set_postfix(loss=f"{record['loss']:.4f}", refresh=False)
+                self.last_losses = {name: record[name] for name in losses if name != "grad_norm"}
                 self.logger.log(record)
                 self.window_start, self.window_samples = time.perf_counter(), 0
             if stop.agreed(runtime.device):
@@ -186,18 +197,22 @@ class Trainer:
                 self.bar.close()
                 raise SystemExit(f"stopped by a signal at step {self.step}; checkpoint {self.ckpt_dir / LAST}; "
                                  "continue with --resume latest")
-            mid_epoch = self.step < self.total_steps and self.batch_in_epoch < self.steps_per_epoch
+            mid_epoch = self.step < self.total_steps and not self._epoch_done()
             if args.save_every_steps and self.step % args.save_every_steps == 0 and mid_epoch:
                 self._save(self.ckpt_dir / LAST)  # epoch ends save anyway
             if self.step >= self.total_steps:
                 break
-        return self.batch_in_epoch >= self.steps_per_epoch
+        return self._epoch_done()
+
+    def _epoch_done(self) -> bool:
+        """No global batch left in this epoch (the tail that would not fill one is left out)."""
+        return len(self.dataset) - self.sample_in_epoch < self.args.batch_size
 
     def _end_epoch(self) -> None:
         runtime = self.runtime
         if runtime.is_main:
             self.report.log(self.epoch)
-        self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+        self.epoch, self.sample_in_epoch = self.epoch + 1, 0
         self._save(self.ckpt_dir / f"epoch_{self.epoch}.pt")
         if runtime.is_main:
             prune_epoch_checkpoints(self.ckpt_dir, self.args.keep_checkpoints)
@@ -211,13 +226,14 @@ class Trainer:
                            num_workers=args.num_workers, rerank=self.model.config.use_pmd and not args.one_stage)
         self.logger.log({"step": self.step, "epoch": self.epoch, "val": metrics["embedding"],
                          **({"val_reranked": metrics["reranked"]} if "reranked" in metrics else {})})
+        self.validated_at = self.step
         if self.runtime.is_main:
-            log.info("validation after epoch %d: %s", self.epoch, metrics)
+            log.info("validation at step %d (epoch %d): %s", self.step, self.epoch, metrics)
 
     def _save(self, path: Path) -> None:
         """A training checkpoint with every process's RNG state, so each can continue exactly."""
         state = training_state(self.model, self.config_dict, self.args_dict, self.optimizer, self.precision,
-                               self.step, self.epoch, self.batch_in_epoch)
+                               self.step, self.epoch, self.sample_in_epoch)
         state["rng"] = _gather_objects(state["rng"])
         if self.runtime.is_main:
             atomic_save(state, path)
@@ -225,12 +241,12 @@ class Trainer:
                 atomic_save(state, self.ckpt_dir / LAST)
 
     def _finish(self) -> dict:
-        if self.batch_in_epoch:  # the last epoch ended early: keep the exact place for a later resume
+        if self.sample_in_epoch:  # the last epoch ended early: keep the exact place for a later resume
             self._save(self.ckpt_dir / LAST)
         model_path = self.out / "model.pt"
         if self.runtime.is_main:
             self.report.log(self.epoch)
-            atomic_save(export_model(self.model, self.config_dict, self.args_dict), model_path)
+            atomic_save(export_model(self.model, self.config_dict, self.args_dict, self.last_losses), model_path)
             log.info("done: %d steps; model %s", self.step, model_path)
         self.logger.close()
         barrier()
@@ -250,19 +266,37 @@ def _local_batch(args: argparse.Namespace, world_size: int) -> int:
     return local_batch
 
 
-def _resume_path(args: argparse.Namespace, ckpt_dir: Path) -> Path | None:
+def _resume_state(args: argparse.Namespace, ckpt_dir: Path) -> tuple[Path, dict] | None:
+    """(path, state) of the checkpoint to continue from, or None to start afresh.
+
+    `--resume latest` takes checkpoints/last.pt, or, when that cannot be read
+    (a damaged disk, a copy cut short), the newest readable per-epoch
+    checkpoint, saying so. A file given by path must be readable.
+    """
     if not args.resume:
         return None
-    if args.resume == "latest":
-        path = ckpt_dir / LAST
+    if args.resume != "latest":
+        path = Path(args.resume)
         if not path.is_file():
-            log.info("--resume latest: no %s yet, starting a new run", path)
-            return None
-        return path
-    path = Path(args.resume)
-    if not path.is_file():
-        raise TrainingError(f"--resume {args.resume}: no such checkpoint file")
-    return path
+            raise TrainingError(f"--resume {args.resume}: no such checkpoint file")
+        return path, load_training_state(path)
+    candidates = [p for p in [ckpt_dir / LAST, *reversed(epoch_checkpoints(ckpt_dir))] if p.is_file()]
+    if not candidates:
+        log.info("--resume latest: no checkpoint in %s yet, starting a new run", ckpt_dir)
+        return None
+    errors = []
+    for path in candidates:
+        try:
+            state = load_training_state(path)
+        except CheckpointError as err:
+            errors.append(str(err))
+            log.warning("--resume latest: %s; trying an older checkpoint", err)
+            continue
+        if errors:
+            log.warning("--resume latest: continuing from %s, the newest readable checkpoint", path)
+        return path, state
+    raise TrainingError(f"--resume latest: no checkpoint in {ckpt_dir} can be read ({'; '.join(errors)}); "
+                        "start afresh with --overwrite instead of --resume, or in another --output_dir")
 
 
 def _gather_objects(obj) -> list:
