@@ -119,4 +119,5 @@ def test_every_readme_block_runs_as_written(workdir):
     assert (work / "outputs" / "lpr4m_icl_pmd_pfr" / "model.pt").is_file()
     assert (work / "outputs" / "eval_lpr4m" / "metrics.json").is_file()
     assert (work / "data" / "synthetic" / "lpr4m" / "annotations").is_dir()
+    assert "`data/synthetic/lpr4m`" in (ROOT / "README.md").read_text()  # the README names that data root
     assert (work / "lpr4m_index.tsv").is_file() and (work / "demo_output" / "curves.png").is_file()

@@ -175,12 +175,16 @@ def test_paths_and_output_dir_from_the_callers_folder(fake):
 
 
 def test_default_python_is_the_repository_venv(fake, tmp_path):
+    """Right after the README's set-up, every script runs in the project's environment, activated or not."""
     venv = tmp_path / "venv"
     (venv / "bin").mkdir(parents=True)
     (venv / "bin" / "python").symlink_to(fake.tmp / "bin" / "fake_python")
     result, seen = fake("lpr4m_icl", PYTHON=None, RICE_VENV=str(venv))
     assert result.returncode == 0, result.stderr
     assert seen is not None and seen["argv"][:2] == ["-m", "torch.distributed.run"]
+    result, seen = fake("movingfashion_icl_pmd", "data", "ckpt.bin", kind="eval", PYTHON=None, RICE_VENV=str(venv))
+    assert result.returncode == 0, result.stderr
+    assert seen is not None and seen["argv"][0] == str(ROOT / "movingfashion_eval.py")
 
 
 @pytest.mark.parametrize("variable", ["DATA_ROOT", "PRETRAINED_CLIP"])
