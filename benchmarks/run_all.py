@@ -60,6 +60,8 @@ def benchmarks(device: str, precisions: list[str]) -> list[tuple[str, list[str]]
          ["bench_extract.py", "--device", device, "--precisions", *precisions]),
         ("Training loader: 10 frames + 1 image per sample, 224 px",
          ["bench_loader.py"]),
+        ("JPEG decoding: exact (default) vs --fast_decode (draft mode), one thread",
+         ["bench_decode.py"]),
         ("Ranking at LPR4M and MovingFashion test scale (random features)",
          ["bench_ranking.py"]),
     ]

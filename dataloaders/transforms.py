@@ -17,11 +17,14 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 def load_rgb(path: str, decode_size: int | None = None) -> Image.Image:
-    """Decode an image file to RGB with PIL.
+    """Decode an image file to RGB with PIL: the whole image, as the releases do.
 
-    For JPEG files at least twice as large as decode_size on both sides, use draft mode:
-    libjpeg decodes at a reduced scale (1/2, 1/4, 1/8) that still keeps both sides
-    >= decode_size, which is much faster than a full decode followed by a downscale.
+    With `decode_size` (the fast path, `--fast_decode`), a JPEG at least twice
+    as large as decode_size on both sides is decoded in draft mode: libjpeg
+    decodes at a reduced scale (1/2, 1/4, 1/8) that still keeps both sides
+    >= decode_size. That is much faster than a full decode followed by a
+    downscale, but it changes the pixels the resize sees (figures:
+    benchmarks/bench_decode.py).
     Raises OSError/ValueError on an unreadable file (callers decide what to skip).
     """
     with Image.open(path) as img:
@@ -47,7 +50,7 @@ def to_normalized_tensor(img: Image.Image) -> torch.Tensor:
 class ImageTransform:
     """PIL image -> normalised float tensor [3, S, S]. See the module docstring for the styles."""
 
-    def __init__(self, style: str, train: bool, image_size: int):
+    def __init__(self, style: str, train: bool, image_size: int, fast_decode: bool = False):
         if style not in ("v1", "v2"):
             raise ValueError(f"unknown transform style {style!r}; use 'v1' or 'v2'")
         self.style, self.train, self.image_size = style, train, image_size
@@ -55,7 +58,9 @@ class ImageTransform:
             self.resize_size, self.interpolation = image_size, TF.InterpolationMode.BICUBIC
         else:
             self.resize_size, self.interpolation = int(image_size * 256 / 224), TF.InterpolationMode.BILINEAR
-        self.decode_size = self.resize_size  # smallest side the decoder may reduce to
+        # Draft-mode JPEG decoding only when asked for (not exact): the smallest side it may reduce to.
+        self.fast_decode = fast_decode
+        self.decode_size = self.resize_size if fast_decode else None
 
     def __call__(self, img: Image.Image, rng: np.random.Generator | None = None) -> torch.Tensor:
         s, r = self.image_size, self.resize_size
@@ -72,9 +77,13 @@ class ImageTransform:
         return to_normalized_tensor(img)
 
     def __repr__(self):
-        return f"ImageTransform(style={self.style!r}, train={self.train}, image_size={self.image_size})"
+        return (f"ImageTransform(style={self.style!r}, train={self.train}, image_size={self.image_size}, "
+                f"fast_decode={self.fast_decode})")
 
 
-def build_transform(style: str, train: bool, image_size: int) -> ImageTransform:
-    """The preprocessing of a release: style "v1" or "v2", train or eval, at image_size."""
-    return ImageTransform(style, train, image_size)
+def build_transform(style: str, train: bool, image_size: int, fast_decode: bool = False) -> ImageTransform:
+    """The preprocessing of a release: style "v1" or "v2", train or eval, at image_size.
+
+    Images are decoded whole (exact) unless `fast_decode` allows JPEG draft mode.
+    """
+    return ImageTransform(style, train, image_size, fast_decode)

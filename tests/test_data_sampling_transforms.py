@@ -86,3 +86,23 @@ def test_jpeg_draft_mode_decodes_large_files_at_reduced_scale(tmp_path, photo):
     small = load_rgb(str(path), decode_size=64)
     assert small.size == (100, 75)               # 1/8 scale, both sides still >= 64
     assert load_rgb(str(path), decode_size=400).size == (800, 600)  # not 2x larger: full decode
+
+
+def test_datasets_decode_whole_images_unless_fast_decode(tmp_path, photo):
+    """Exact by default: what a dataset feeds the model equals the transform of the fully decoded file."""
+    from PIL import Image
+
+    from dataloaders.datasets import ImageDataset
+    from dataloaders.records import GalleryImage
+
+    path = tmp_path / "big.jpg"
+    photo.resize((1280, 720)).save(path, quality=90)
+    with Image.open(path) as img:
+        whole = img.convert("RGB")  # the releases' decode: every pixel
+    for style in ("v1", "v2"):
+        exact = build_transform(style, train=False, image_size=64)
+        item = ImageDataset([GalleryImage("x", str(path), "")], exact)[0]
+        assert item["ok"] and torch.equal(item["image"], exact(whole))
+        fast = build_transform(style, train=False, image_size=64, fast_decode=True)
+        fast_item = ImageDataset([GalleryImage("x", str(path), "")], fast)[0]
+        assert not torch.equal(fast_item["image"], item["image"])  # draft mode: other pixels

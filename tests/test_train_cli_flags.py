@@ -381,3 +381,31 @@ def test_resume_with_other_model_flags_is_a_clear_error(small_data, tmp_path, ex
     with expect_error("holds another model than these flags build"):
         _run(small_data, tmp_path / "pmd", "--sim_header", "cross_attention", "--resume",
              str(tmp_path / "icl" / "checkpoints" / "last.pt"), steps=2)
+
+
+def test_fast_decode_flag_reaches_the_transforms(small_data, tmp_path, monkeypatch):
+    import lpr4m_embedding_eval
+    from utils.eval import retrieval
+
+    seen = []
+
+    def recording(module):
+        real = module.build_transform
+
+        def spy(*args, **kwargs):
+            seen.append((module.__name__, kwargs.get("fast_decode", False)))
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(module, "build_transform", spy)
+
+    recording(trainer)
+    recording(retrieval)
+    fast = _run(small_data, tmp_path / "fast", "--fast_decode", steps=1)
+    _run(small_data, tmp_path / "exact", steps=1)
+    assert seen == [("utils.train.trainer", True), ("utils.train.trainer", False)]
+    seen.clear()
+    for flags in (["--fast_decode"], []):
+        lpr4m_embedding_eval.main(["--data_root", str(small_data / "lpr4m"), "--ckpt_path", fast["model_path"],
+                                   "--output_dir", str(tmp_path / "eval"), "--embedding_sim", "--num_workers", "0",
+                                   "--no_progress", *flags])
+    assert seen == [("utils.eval.retrieval", True), ("utils.eval.retrieval", False)]

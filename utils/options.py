@@ -59,6 +59,14 @@ def add_model_args(parser: argparse.ArgumentParser, title: str) -> None:
     return model
 
 
+def add_fast_decode(group) -> None:
+    """`--fast_decode`, the opt-in JPEG draft-mode decoding (training and evaluation alike)."""
+    group.add_argument("--fast_decode", action="store_true",
+                       help="decode large JPEGs at a reduced DCT scale (PIL draft mode) before the resize: faster "
+                       "loading, but not the releases' pixels (README, 'Speed and memory': its measured effect). "
+                       "Default: every image is decoded whole")
+
+
 def load_config(parser: argparse.ArgumentParser, path: str) -> dict:
     """The keys of a YAML config file, checked against the parser (unknown keys and bad choices are errors)."""
     import yaml

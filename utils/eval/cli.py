@@ -19,7 +19,15 @@ import os
 from pathlib import Path
 
 from utils.errors import DataError, one_line_errors
-from utils.options import HelpFormatter, add_model_args, check_at_least, check_writable, parse, resolve_num_workers
+from utils.options import (
+    HelpFormatter,
+    add_fast_decode,
+    add_model_args,
+    check_at_least,
+    check_writable,
+    parse,
+    resolve_num_workers,
+)
 from utils.runtime.precision import PRECISIONS
 
 DATASETS = {"lpr4m": "LPR4M (one gallery per livestream)", "movingfashion": "MovingFashion (one global gallery)"}
@@ -38,6 +46,7 @@ def build_parser(dataset: str) -> argparse.ArgumentParser:
     data.add_argument("--output_dir", default=f"outputs/eval_{dataset}",
                       help="where metrics.json, rankings.jsonl and features.npz go")
     data.add_argument("--max_frames", type=int, default=10, help="frames per query clip (uniformly sampled)")
+    add_fast_decode(data)
     if dataset == "lpr4m":
         files = parser.add_argument_group(
             "LPR4M annotation files (default: found by name pattern under DATA_ROOT or DATA_ROOT/annotations)")
@@ -112,7 +121,7 @@ def evaluate(args: argparse.Namespace, dataset: str, runtime) -> dict | None:
                         "images; check --data_root")
     found = retrieve(model, split, runtime, max_frames=args.max_frames, batch_size=args.batch_size,
                      num_workers=args.num_workers, rerank_topk=args.rerank_topk if do_rerank else None,
-                     where=args.data_root)
+                     where=args.data_root, fast_decode=args.fast_decode)
     if not runtime.is_main:
         return None
     info = {"dataset": dataset, "checkpoint": str(ckpt.path), "checkpoint_format": ckpt.format,

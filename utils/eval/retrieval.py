@@ -46,16 +46,19 @@ class Retrieval:
 
 @torch.no_grad()
 def retrieve(model: RICEModel, split: RetrievalSplit, runtime: Runtime, *, max_frames: int, batch_size: int,
-             num_workers: int, rerank_topk: int | None = None, where: str = "") -> Retrieval:
+             num_workers: int, rerank_topk: int | None = None, where: str = "",
+             fast_decode: bool = False) -> Retrieval:
     """Encode a split's queries and gallery, rank, and optionally re-rank the top K with PMD.
 
     Runs in every process of the group (the encoding is split between them);
     the results are the same on all. Pass the model in eval mode (dropout
     off). The preprocessing is the one the model was trained or released with
-    (`RICEConfig.preprocessing`). `where` names the data in error messages.
+    (`RICEConfig.preprocessing`), on whole decoded images unless `fast_decode`.
+    `where` names the data in error messages.
     """
     config = model.config
-    transform = build_transform(config.preprocessing, train=False, image_size=config.vision.image_size)
+    transform = build_transform(config.preprocessing, train=False, image_size=config.vision.image_size,
+                                fast_decode=fast_decode)
     # Encode each distinct image file once, whatever the galleries that list it.
     image_number: dict[str, int] = {}
     image_of_gallery = np.array([image_number.setdefault(g.path, len(image_number)) for g in split.gallery])

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from dataloaders.registry import DATASETS
 from modules.config import STYLES, VISION_CONFIGS
-from utils.options import HelpFormatter, add_model_args, check_at_least, parse, resolve_num_workers
+from utils.options import HelpFormatter, add_fast_decode, add_model_args, check_at_least, parse, resolve_num_workers
 from utils.runtime.precision import PRECISIONS
 
 
@@ -42,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--transform_style", choices=STYLES, default="v1",
                       help="v1: 224 bicubic squash for images and frames; v2: resize 256, random crop, flip. "
                       "Saved with the model: evaluation and validation use the matching eval transform")
+    add_fast_decode(data)
     data.add_argument("--num_workers", type=int, default=None,
                       help="data-loading processes per training process (default: the CPUs this process may use, "
                       "shared among the processes of its machine, less one; at most 8)")

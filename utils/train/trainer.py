@@ -92,7 +92,7 @@ class Trainer:
         torch.manual_seed(args.seed)
         self.model = build_model(args).to(runtime.device)
         size = self.model.config.vision.image_size
-        transform = build_transform(args.transform_style, True, size)
+        transform = build_transform(args.transform_style, True, size, fast_decode=args.fast_decode)
         self.dataset = PairDataset(pairs, transform, transform, max_frames=args.max_frames, seed=args.seed)
         self.sampler = EpochSampler(len(self.dataset), runtime.world_size, runtime.rank, self.local_batch, args.seed)
         self.steps_per_epoch = self.sampler.batches_per_epoch
@@ -223,7 +223,8 @@ class Trainer:
         args = self.args
         metrics = validate(self.model, self.val_split, replace(self.runtime, progress=False),
                            max_frames=args.max_frames, batch_size=max(self.local_batch, 1),
-                           num_workers=args.num_workers, rerank=self.model.config.use_pmd and not args.one_stage)
+                           num_workers=args.num_workers, rerank=self.model.config.use_pmd and not args.one_stage,
+                           fast_decode=args.fast_decode)
         self.logger.log({"step": self.step, "epoch": self.epoch, "val": metrics["embedding"],
                          **({"val_reranked": metrics["reranked"]} if "reranked" in metrics else {})})
         self.validated_at = self.step

@@ -12,7 +12,7 @@ from utils.runtime.distributed import Runtime
 
 
 def validate(model, split: RetrievalSplit, runtime: Runtime, *, max_frames: int, batch_size: int,
-             num_workers: int, rerank: bool, rerank_topk: int = 5) -> dict:
+             num_workers: int, rerank: bool, rerank_topk: int = 5, fast_decode: bool = False) -> dict:
     """R1/R5/R10 (percent) by embedding and, with `rerank`, after PMD re-ranking of the top K.
 
     Every process of the group must call this. The model is evaluated with
@@ -22,7 +22,8 @@ def validate(model, split: RetrievalSplit, runtime: Runtime, *, max_frames: int,
     model.eval()
     try:
         found = retrieve(model, split, runtime, max_frames=max_frames, batch_size=batch_size,
-                         num_workers=num_workers, rerank_topk=rerank_topk if rerank else None, where="validation")
+                         num_workers=num_workers, rerank_topk=rerank_topk if rerank else None, where="validation",
+                         fast_decode=fast_decode)
     finally:
         model.train(was_training)
     keep = ("R1", "R5", "R10")
