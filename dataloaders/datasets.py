@@ -136,7 +136,7 @@ class ImageDataset(Dataset):
         image = _read(self.gallery[index].path, self.transform, None, skipped)
         ok = image is not None
         if not ok:
-            image = torch.zeros(_frame_shape(self.transform))
+            image = torch.zeros(_frame_shape(self.transform), dtype=torch.uint8)
         return {"image": image, "index": index, "ok": ok, "skipped": skipped}
 
 

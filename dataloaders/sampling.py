@@ -37,7 +37,7 @@ def pad_frames(frames: list[torch.Tensor], max_frames: int, frame_shape: tuple[i
 
     frame_mask is a bool tensor, True = real frame, False = padding.
     """
-    out = torch.zeros((max_frames, *frame_shape), dtype=torch.float32)
+    out = torch.zeros((max_frames, *frame_shape), dtype=frames[0].dtype if frames else torch.uint8)
     mask = torch.zeros(max_frames, dtype=torch.bool)
     for t, frame in enumerate(frames[:max_frames]):
         out[t] = frame

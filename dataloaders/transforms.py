@@ -3,7 +3,9 @@
   v1 (train and eval): resize to exactly S x S, bicubic (aspect ratio NOT kept), centre crop S.
   v2 eval:  resize to R x R with R = int(S * 256 / 224), bilinear, centre crop S.
   v2 train: resize to R x R, random crop S, random horizontal flip.
-All end with CLIP mean/std normalisation. Random choices come from a numpy Generator passed
+The output is uint8 [3, S, S]: the CLIP mean/std normalisation runs in the model, on its device
+(modules/clip_vit.py `normalize_pixels`), so batches cross processes and the host-to-device
+copy at a quarter of float32's size. Random choices come from a numpy Generator passed
 by the caller, so a sample's augmentation depends only on its seed (not on workers or on the
 global torch RNG).
 """
@@ -11,9 +13,6 @@ import numpy as np
 import torch
 import torchvision.transforms.functional as TF
 from PIL import Image
-
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 def load_rgb(path: str, decode_size: int | None = None) -> Image.Image:
@@ -33,22 +32,13 @@ def load_rgb(path: str, decode_size: int | None = None) -> Image.Image:
         return img.convert("RGB")  # convert() forces the full (possibly reduced) decode
 
 
-_MEAN = np.asarray(CLIP_MEAN, dtype=np.float32)
-_STD = np.asarray(CLIP_STD, dtype=np.float32)
-
-
-def to_normalized_tensor(img: Image.Image) -> torch.Tensor:
-    """RGB PIL image [H,W,3] uint8 -> CLIP-normalised float tensor [3,H,W].
-
-    Done in numpy (same arithmetic as torchvision's to_tensor + normalize): single-threaded,
-    so a loader in the main process does not fight the training step for torch threads.
-    """
-    arr = (np.asarray(img, dtype=np.float32) / 255.0 - _MEAN) / _STD
-    return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
+def to_uint8_tensor(img: Image.Image) -> torch.Tensor:
+    """RGB PIL image [H,W,3] -> uint8 tensor [3,H,W]. The model normalises it (modules/clip_vit.py)."""
+    return torch.from_numpy(np.asarray(img, dtype=np.uint8).transpose(2, 0, 1).copy())
 
 
 class ImageTransform:
-    """PIL image -> normalised float tensor [3, S, S]. See the module docstring for the styles."""
+    """PIL image -> uint8 tensor [3, S, S]. See the module docstring for the styles."""
 
     def __init__(self, style: str, train: bool, image_size: int, fast_decode: bool = False):
         if style not in ("v1", "v2"):
@@ -74,7 +64,7 @@ class ImageTransform:
                 img = TF.hflip(img)
         else:
             img = TF.center_crop(img, [s, s])
-        return to_normalized_tensor(img)
+        return to_uint8_tensor(img)
 
     def __repr__(self):
         return (f"ImageTransform(style={self.style!r}, train={self.train}, image_size={self.image_size}, "

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from modules.config import VisionConfig
+from modules.config import CLIP_MEAN, CLIP_STD, VisionConfig
 
 
 class _QuickGELUFunction(torch.autograd.Function):
@@ -85,6 +85,17 @@ class SelfAttention(nn.Module):
         out = F.scaled_dot_product_attention(q, k, v)
         out = out.transpose(1, 2).reshape(batch, tokens, width)
         return self.out_proj(out)
+
+
+def normalize_pixels(x: torch.Tensor) -> torch.Tensor:
+    """uint8 RGB pixels [..., 3, H, W] -> CLIP-normalised float32: (x / 255 - mean) / std per channel.
+
+    The loaders hand over uint8 (a quarter of float32's bytes through shared
+    memory and the host-to-device copy); this runs where the model runs.
+    """
+    mean = torch.tensor(CLIP_MEAN, dtype=torch.float32, device=x.device).view(3, 1, 1)
+    std = torch.tensor(CLIP_STD, dtype=torch.float32, device=x.device).view(3, 1, 1)
+    return x.float().div_(255.0).sub_(mean).div_(std)
 
 
 def clip_mlp(width: int) -> nn.Sequential:
@@ -169,7 +180,8 @@ class VisionTransformer(nn.Module):
         """Encode a batch of images.
 
         Args:
-            images: [B, 3, H, W] normalised pixels, H = W = config.image_size.
+            images: [B, 3, H, W], H = W = config.image_size: uint8 pixels (normalised
+                here, `normalize_pixels`) or already normalised float pixels.
             return_tokens: also return the projected features of all tokens.
 
         Returns:
@@ -177,6 +189,8 @@ class VisionTransformer(nn.Module):
             tokens: [B, num_tokens, embed_dim] (`ln_post` then `@ proj` on every
                 token, CLS first) when `return_tokens`, else None.
         """
+        if images.dtype == torch.uint8:
+            images = normalize_pixels(images)
         x = self.embed_patches(images)  # [B, grid*grid, width]
         cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
         x = torch.cat([cls, x], dim=1) + self.positional_embedding.to(x.dtype)

@@ -12,6 +12,10 @@ from dataclasses import asdict, dataclass, fields
 
 from utils.errors import ConfigError
 
+# CLIP's input normalisation, per RGB channel, of pixels scaled to [0, 1].
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
 MEAN_POOLING = "mean_pooling"  # the ICL row: the encoder alone
 CROSS_ATTENTION = "cross_attention"  # adds the pairwise matching decoder (PMD)
 SIM_HEADERS = (MEAN_POOLING, CROSS_ATTENTION)

@@ -5,7 +5,9 @@ import torch
 from PIL import Image
 
 from dataloaders.sampling import eval_frame_indices, pad_frames, train_frame_indices
-from dataloaders.transforms import CLIP_MEAN, CLIP_STD, build_transform, load_rgb
+from dataloaders.transforms import build_transform, load_rgb
+from modules.clip_vit import normalize_pixels
+from modules.config import CLIP_MEAN, CLIP_STD
 
 
 def test_eval_rule_differs_from_train_rule_for_12_frames():
@@ -42,10 +44,12 @@ def test_pad_frames_mask():
 
 
 def _oracle(img, resize, resample, crop):
+    """The releases' pipeline written out: resize, centre crop, /255, CLIP mean/std (float32)."""
     img = img.resize((resize, resize), resample)
     off = (resize - crop) // 2
     arr = np.asarray(img, dtype=np.float32)[off:off + crop, off:off + crop] / 255.0
-    return torch.from_numpy(((arr - CLIP_MEAN) / CLIP_STD).transpose(2, 0, 1).astype(np.float32))
+    mean, std = np.float32(CLIP_MEAN), np.float32(CLIP_STD)
+    return torch.from_numpy(((arr - mean) / std).transpose(2, 0, 1).astype(np.float32))
 
 
 @pytest.fixture
@@ -56,15 +60,15 @@ def photo():
 
 def test_v1_squashes_to_square_bicubic(photo):
     out = build_transform("v1", train=False, image_size=64)(photo)
-    assert out.shape == (3, 64, 64)
-    torch.testing.assert_close(out, _oracle(photo, 64, Image.BICUBIC, 64), atol=1e-5, rtol=0)
+    assert out.shape == (3, 64, 64) and out.dtype == torch.uint8  # the model normalises
+    assert torch.equal(normalize_pixels(out), _oracle(photo, 64, Image.BICUBIC, 64))  # bit for bit
     torch.testing.assert_close(build_transform("v1", train=True, image_size=64)(photo), out)
 
 
 def test_v2_eval_resizes_to_73_then_centre_crops_64(photo):
     t = build_transform("v2", train=False, image_size=64)
     assert t.resize_size == 73 and build_transform("v2", False, 224).resize_size == 256
-    torch.testing.assert_close(t(photo), _oracle(photo, 73, Image.BILINEAR, 64), atol=1e-5, rtol=0)
+    assert torch.equal(normalize_pixels(t(photo)), _oracle(photo, 73, Image.BILINEAR, 64))
 
 
 def test_v2_train_crop_and_flip_follow_the_rng(photo):
@@ -106,3 +110,20 @@ def test_datasets_decode_whole_images_unless_fast_decode(tmp_path, photo):
         fast = build_transform(style, train=False, image_size=64, fast_decode=True)
         fast_item = ImageDataset([GalleryImage("x", str(path), "")], fast)[0]
         assert not torch.equal(fast_item["image"], item["image"])  # draft mode: other pixels
+
+
+def test_the_model_normalises_uint8_pixels_exactly_as_the_float_pipeline(photo):
+    from modules.config import VISION_CONFIGS, RICEConfig
+    from modules.rice import RICEModel
+
+    torch.manual_seed(0)
+    model = RICEModel(RICEConfig(VISION_CONFIGS["tiny"])).eval()
+    t = build_transform("v1", train=False, image_size=64)
+    pixels = torch.stack([t(photo), t(photo.transpose(Image.FLIP_LEFT_RIGHT))])
+    floats = torch.stack([_oracle(photo, 64, Image.BICUBIC, 64),
+                          _oracle(photo.transpose(Image.FLIP_LEFT_RIGHT), 64, Image.BICUBIC, 64)])
+    with torch.no_grad():
+        assert torch.equal(model.encode_images(pixels)[0], model.encode_images(floats)[0])
+        mask = torch.tensor([[True, False]])
+        video_u8 = model.encode_videos(pixels[None], mask)[0]
+        assert torch.equal(video_u8, model.encode_videos(floats[None], mask)[0])
