@@ -24,6 +24,7 @@ import json
 import os
 import shutil
 import struct
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -236,7 +237,7 @@ def cached_store(store: Path, key: dict, build: Callable[[Path], dict]) -> tuple
         tmp.mkdir()
         old = None
         try:
-            meta = dict(build(tmp), key=key)
+            meta = dict(build(tmp), key=key, built_by=os.getpid(), built_at=time.time())
             with open(tmp / META, "w", encoding="utf-8") as f:
                 json.dump(meta, f, indent=1)
                 f.flush()
