@@ -65,7 +65,8 @@ def plain_list_items(column: bytes):
     """(bytes array, starts, ends) of the items of a list literal in the plain form, else None.
 
     Plain form: `[` items `]`, each item quoted with the same quote (' or "), no backslash,
-    no control character, items separated by exactly one comma and spaces. There JSON and
+    no control character, items separated by exactly one comma and spaces (checked on all
+    gaps at once when they are all alike, as they are in the release files). There JSON and
     Python literals mean the same thing: each item is the text between its quotes.
     """
     if len(column) < 2 or column[0] != 0x5B or column[-1] != 0x5D or b"\\" in column:
@@ -84,14 +85,16 @@ def plain_list_items(column: bytes):
     if len(pos) % 2:
         return None
     opens, closes = pos[0::2], pos[1::2]
-    inside = np.cumsum(np.bincount(opens, minlength=len(a) + 1) - np.bincount(closes + 1, minlength=len(a) + 1))
-    outside = inside[: len(a)] == 0
-    gaps = a[outside]
-    if ((gaps != 0x20) & (gaps != 0x2C)).any():
+    if a[: opens[0]].tobytes().strip(b" ") or a[closes[-1] + 1:].tobytes().strip(b" "):
         return None
-    commas = np.flatnonzero(outside & (a == 0x2C))
-    if len(commas) != len(opens) - 1 or (commas <= closes[:-1]).any() or (commas >= opens[1:]).any():
-        return None
+    if len(opens) > 1:
+        gap = opens[1:] - closes[:-1] - 1
+        first = a[closes[0] + 1:opens[1]].tobytes()
+        uniform = (gap == len(first)).all() and not (
+            a[closes[:-1, None] + 1 + np.arange(len(first))] != np.frombuffer(first, np.uint8)).any()
+        gaps = [first] if uniform else [a[closes[k] + 1:opens[k + 1]].tobytes() for k in range(len(gap))]
+        if any(g.count(b",") != 1 or g.strip(b" ,") for g in gaps):
+            return None
     return a, opens + 1, closes
 
 

@@ -43,6 +43,7 @@ def _release_lines() -> list[str]:
         "mixed\t[\"q/1.jpg\", 'q/2.jpg']\tb\timg\ti.jpg",          # mixed quotes: a Python literal
         "trailing\t['t/1.jpg',]\tb\timg\ti.jpg\textra\tcolumns",   # trailing comma
         "spaced\t[ 's/1.jpg' ,  's/2.jpg' ]\tb\timg\ti.jpg",
+        "gaps\t['g/1.jpg','g/2.jpg' , 'g/3.jpg']\tb\timg\ti.jpg",      # separators of several widths
         "escaped\t[\"e\\\\1.jpg\", \"e\\u00e92.jpg\"]\tb\timg\ti.jpg",
         "commas\t['c/1,2.jpg', 'c/3,4.jpg']\tb\timg\ti.jpg",
         "quotes\t[\"q'1.jpg\", \"q'2.jpg\"]\tb\timg\ti.jpg",
@@ -78,7 +79,7 @@ def test_store_items_equal_the_parsed_lines_release_layout(tmp_path):
     tsv = _write(tmp_path / "data" / "annotations" / "training_videoinfo_46.txt", _release_lines())
     expected = _expected(tsv, tmp_path / "data")
     store = load_lpr4m_train(tmp_path / "data")
-    assert not isinstance(store, list) and len(store) == len(expected) == 45
+    assert not isinstance(store, list) and len(store) == len(expected) == 46
     assert [store[i] for i in range(len(store))] == expected
     assert list(store) == expected and store[-1] == expected[-1] and store[2:5] == expected[2:5]
     with pytest.raises(IndexError):
