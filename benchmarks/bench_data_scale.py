@@ -130,7 +130,7 @@ class Probe(Dataset):
     def __len__(self): return len(pairs)
     def __getitem__(self, chunk):
         if isinstance(chunk, str): return uss_mb()
-        return sum(len(pairs[int(i)].frame_paths) for i in chunk)
+        return sum(sum(map(len, p.frame_paths)) + len(p.image_path) for p in (pairs[int(i)] for i in chunk))
 order = np.random.default_rng(0).integers(0, len(pairs), {samples})
 chunks = ["uss"] + [order[k:k + 1000].tolist() for k in range(0, len(order), 1000)] + ["uss"]
 out = list(DataLoader(Probe(), batch_size=None, sampler=chunks, num_workers=1))
@@ -180,7 +180,7 @@ def main(argv=None):
             print(f"loaded: {load['frames0']} frames in item 0, e.g. {load['first']}", flush=True)
         worker = child(WORKER, **fields)
         print(f"worker USS {worker['before']:.1f} MB before, {worker['after']:.1f} MB after "
-              f"{fields['samples']} samples ({worker['frames']} frame paths built), mode {args.mode}", flush=True)
+              f"{fields['samples']} samples ({worker['frames']} path characters read), mode {args.mode}", flush=True)
         print(f"clips={args.clips} convert_s={convert['s']:.1f} convert_peak_mb={convert['peak_mb']:.0f} "
               f"load_s={load['s']:.2f} load_rss_mb={load['rss_mb']:.0f} "
               f"worker_private_mb={worker['after'] - worker['before']:.1f}", flush=True)
