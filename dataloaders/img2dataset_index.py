@@ -109,6 +109,7 @@ def load_img2dataset_index(path: str | os.PathLike) -> dict[str, str]:
 STORE_FORMAT = 1
 NUMBER_BITS = 14                # key = prefix rank << 14 | (number + 1); numbers are 0..9999
 _BLOCK = 32 << 20               # bytes of TSV parsed at once
+_BATCH = 1 << 16                # lines whose prefixes are compared at once
 _DIGIT = np.arange(48, 58)
 
 
@@ -134,6 +135,26 @@ def _build_index_columns(path: Path, out: Path) -> dict:
     w_off.append([0])
     state = {"lineno": 0, "blob": 0}
 
+    def prefix_numbers(a, s, plen):
+        """The prefix id of each line [s, s + plen). Each line is compared with the line before
+        it, in batches (frames of a clip are adjacent); only the first line of each run of equal
+        prefixes goes through the dict (a Python object per clip, not per frame)."""
+        zero = len(a) - 1                            # the block's last byte is its final b"\n"
+        a0 = a.copy()
+        a0[zero] = 0
+        pids = []
+        for lo in range(0, len(s), _BATCH):
+            ps, pl = s[lo:lo + _BATCH].astype(np.int64), plen[lo:lo + _BATCH]
+            width = max(int(pl.max()), 1)
+            cols = np.arange(width)
+            grid = a0[np.where(cols < pl[:, None], ps[:, None] + cols, zero)]
+            head = np.ones(len(grid), bool)
+            head[1:] = (grid[1:] != grid[:-1]).any(1)
+            names = grid[head].view(f"S{width}").reshape(-1).tolist()
+            ids = np.fromiter((prefix_ids.setdefault(p, len(prefix_ids)) for p in names), np.int64, len(names))
+            pids.append(ids[np.cumsum(head) - 1])
+        return np.concatenate(pids)
+
     def regular(a, s, t1, t2, e, first_line):
         """Lines [s, e) with tabs t1, t2: ids, roots and paths to the column writers."""
         if len(s) == 0:
@@ -157,14 +178,7 @@ def _build_index_columns(path: Path, out: Path) -> dict:
         has = (idlen >= 5) & (a[np.maximum(t1 - 5, 0)] == 0x2D) & ((digits >= 0) & (digits <= 9)).all(1)
         num = np.where(has, digits @ np.array([1000, 100, 10, 1]), -1)
         plen = np.where(has, idlen - 5, idlen)
-        width = max(int(plen.max()), 1)
-        cols = np.arange(width)
-        grid = a[np.minimum(s[:, None] + cols, len(a) - 1)]
-        grid[cols >= plen[:, None]] = 0
-        unique, inverse = np.unique(grid.view(f"S{width}").reshape(-1), return_inverse=True)
-        ids = np.fromiter((prefix_ids.setdefault(p, len(prefix_ids)) for p in unique.tolist()),
-                          np.uint32, len(unique))
-        w_pid.append(ids[inverse.reshape(-1)])
+        w_pid.append(prefix_numbers(a, s, plen))
         w_num.append(num)
         w_root.append(root_no)
         rel = gather_bytes(a, t2 + 1, e, sep=b"")

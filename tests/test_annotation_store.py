@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from dataloaders import img2dataset_index
 from dataloaders.annotations import open_train_store
 from dataloaders.img2dataset_index import open_img2dataset_index
 from dataloaders.lpr4m import load_lpr4m_train
@@ -124,7 +125,9 @@ def _original_layout(tmp_path: Path):
     return tsv, index, entries, roots, expected
 
 
-def test_original_layout_resolves_ids_through_the_index_store(tmp_path):
+def test_original_layout_resolves_ids_through_the_index_store(tmp_path, monkeypatch):
+    monkeypatch.setattr(img2dataset_index, "_BLOCK", 300)   # many blocks and batches: their seams are exercised
+    monkeypatch.setattr(img2dataset_index, "_BATCH", 3)
     tsv, index_tsv, entries, roots, expected = _original_layout(tmp_path)
     index = open_img2dataset_index(index_tsv)
     assert len(index) == len(entries)
@@ -222,3 +225,16 @@ def test_dataloader_with_two_workers_reads_the_store(tmp_path):
     items = sorted(item for batch in loader for item in batch)
     assert [(c, f, p) for _, c, f, p in items] == [(p.clip_id, p.frame_paths, p.image_path)
                                                    for p in _expected(tsv, tmp_path)]
+
+
+@pytest.mark.parametrize("bad, message", [
+    ("id-0001\t7\tx.jpg", r"index\.tsv:3: unknown root number '7'"),
+    ("id-0001\t0", r"index\.tsv:3: expected 3 tab-separated fields, got 2"),
+    ("", r"index\.tsv:3: expected 3 tab-separated fields, got 1"),
+])
+def test_malformed_index_line_names_file_and_line(tmp_path, bad, message):
+    index = _write(tmp_path / "index.tsv", [f"#root\t0\t{tmp_path}", "a-0001\t0\ta.jpg", bad, "b\t0\tb.jpg"])
+    with pytest.raises(DataError, match=message):
+        open_img2dataset_index(index)
+    with pytest.raises(DataError, match="index .*nope.tsv not found"):
+        open_img2dataset_index(tmp_path / "nope.tsv")
