@@ -16,7 +16,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,18 +37,25 @@ def rss():
 
 STORE = COMMON + """
 from dataloaders.img2dataset_index import open_img2dataset_index, split_id
-t = time.perf_counter(); index = open_img2dataset_index(os.path.join(folder, "index.tsv")); build = time.perf_counter() - t
+t = time.perf_counter()
+index = open_img2dataset_index(os.path.join(folder, "index.tsv"))
+build = time.perf_counter() - t
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 del index
-t = time.perf_counter(); index = open_img2dataset_index(os.path.join(folder, "index.tsv")); opened = time.perf_counter() - t
+t = time.perf_counter()
+index = open_img2dataset_index(os.path.join(folder, "index.tsv"))
+opened = time.perf_counter() - t
 t = time.perf_counter()
 found = sum(len(index.paths(r[r >= 0])) for r in (index.lookup_ids(q) for q in queries))
 per_clip = (time.perf_counter() - t) / len(queries)
 prefixes = [q[0][:-5].encode() for q in queries] * 2
 numbers = np.tile(np.arange(frames), len(prefixes))
-t = time.perf_counter(); rows = index.lookup(prefixes, numbers, np.full(len(prefixes), frames)); vec = time.perf_counter() - t
+t = time.perf_counter()
+rows = index.lookup(prefixes, numbers, np.full(len(prefixes), frames))
+vec = time.perf_counter() - t
 size = sum(f.stat().st_size for f in index.folder.iterdir())
-print(json.dumps(dict(method="sorted arrays", build_s=build, peak_mb=peak, disk_mb=size / 1e6, open_s=opened,
+print(json.dumps(dict(method="sorted arrays", build_s=build, peak_mb=peak, disk_mb=size / 1e6,
+                      open_s=opened,
                       us_per_clip=per_clip * 1e6, vectorised_us_per_id=vec / len(rows) * 1e6,
                       found=found, rss_mb=rss())))
 """
@@ -73,7 +79,10 @@ db.executemany("INSERT OR REPLACE INTO ids VALUES (?, ?, ?)", rows())
 db.commit(); db.close()
 build = time.perf_counter() - t
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-t = time.perf_counter(); db = sqlite3.connect(f"file:{{db_path}}?mode=ro", uri=True); db.execute("SELECT 1 FROM ids LIMIT 1"); opened = time.perf_counter() - t
+t = time.perf_counter()
+db = sqlite3.connect(f"file:{{db_path}}?mode=ro", uri=True)
+db.execute("SELECT 1 FROM ids LIMIT 1")
+opened = time.perf_counter() - t
 root_list = {{"0": os.path.join(folder, "frames"), "1": os.path.join(folder, "images")}}
 t = time.perf_counter()
 found = 0

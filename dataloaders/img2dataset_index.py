@@ -230,7 +230,7 @@ def _build_index_columns(path: Path, out: Path) -> dict:
     plist = sorted(prefix_ids)
     rank = np.empty(len(plist), np.int64)
     rank[np.fromiter((prefix_ids[p] for p in plist), np.int64, len(plist))] = np.arange(len(plist))
-    del prefix_ids
+    prefix_ids.clear()
     save_array(out / "prefixes.npy", np.array(plist, dtype=f"S{max(map(len, plist), default=1) or 1}"))
     del plist
     keys = rank[np.load(out / "tmp_pid.npy", mmap_mode="r")] << NUMBER_BITS

@@ -131,7 +131,8 @@ def test_original_layout_resolves_ids_through_the_index_store(tmp_path, monkeypa
     tsv, index_tsv, entries, roots, expected = _original_layout(tmp_path)
     index = open_img2dataset_index(index_tsv)
     assert len(index) == len(entries)
-    assert {key: index[key] for key in entries} == {key: os.path.join(roots[r], rel) for key, (r, rel) in entries.items()}
+    assert {key: index[key] for key in entries} == {key: os.path.join(roots[r], rel)
+                                                    for key, (r, rel) in entries.items()}
     assert "missing-0001" not in index and index.get("missing", "") == "" and set(index) == set(entries)
     store = load_lpr4m_train(tmp_path / "ann", index=index_tsv)
     assert 0 < len(store) < 25 and store.dropped == 25 - len(store)
