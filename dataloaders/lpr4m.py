@@ -6,19 +6,22 @@ Two layouts are supported:
   original (full LPR4M, files fetched with img2dataset): annotations hold frame ids and
            image ids, resolved to files through an index (`dataloaders.img2dataset_index`).
            Pass `index=` (a dict id -> path, or the path of the TSV index) to use it.
+Training and validation pairs come back as an annotation store (`dataloaders.annotations`):
+a `Sequence[TrainPair]` over columns on disk, parsed once and cached beside the TSV.
 Annotation files are looked up in data_root/annotations, then in data_root, by pattern;
 every file name can be overridden by an argument.
 """
-import ast
 import json
 import logging
 import os
 from collections import defaultdict
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from utils.errors import DataError
 
-from .img2dataset_index import load_img2dataset_index
+from .annotations import _parse_list, open_train_store
+from .img2dataset_index import Img2DatasetIndex, open_img2dataset_index
 from .records import GalleryImage, Query, RetrievalSplit, TrainPair, live_id_of
 
 logger = logging.getLogger(__name__)
@@ -55,24 +58,11 @@ def _resolve_file(data_root, given, pattern: str, what: str, exclude=()) -> Path
     return path
 
 
-def _as_index(index) -> dict[str, str] | None:
-    if index is None or isinstance(index, dict):
+def _as_index(index) -> Mapping[str, str] | None:
+    """None, a mapping as given (a dict), or the columnar store of the TSV index at that path."""
+    if index is None or isinstance(index, Mapping):
         return index
-    return load_img2dataset_index(index)
-
-
-def _parse_list(text: str, path: Path, lineno: int) -> list[str]:
-    """A JSON or Python list literal of strings (never eval)."""
-    try:
-        value = json.loads(text)
-    except ValueError:
-        try:
-            value = ast.literal_eval(text)
-        except (ValueError, SyntaxError):
-            raise DataError(f"{path}:{lineno}: column 1 is not a list literal: {text[:80]!r}") from None
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise DataError(f"{path}:{lineno}: column 1 must be a list of strings, got {text[:80]!r}")
-    return value
+    return open_img2dataset_index(index)
 
 
 def read_training_tsv(path: Path) -> list[tuple[str, list[str], str, str]]:
@@ -94,8 +84,12 @@ def read_training_tsv(path: Path) -> list[tuple[str, list[str], str, str]]:
     return rows
 
 
-def load_lpr4m_train(data_root, split: str = "train", annotation=None, index=None) -> list[TrainPair]:
+def load_lpr4m_train(data_root, split: str = "train", annotation=None, index=None) -> Sequence[TrainPair]:
     """Training ("train") or validation ("val") pairs.
+
+    Returns the annotation store of the TSV (`dataloaders.annotations.TrainPairStore`,
+    built on first use, cached beside the file), or a list when `index` is a dict (an
+    in-memory index: small data). Either way item i is the pair of line i.
 
     release layout: column 1 lists frame paths and column 4 the image path, relative to
     data_root. original layout (index given): column 1 lists frame ids and column 3 the image
@@ -110,6 +104,13 @@ def load_lpr4m_train(data_root, split: str = "train", annotation=None, index=Non
     else:
         path = _resolve_file(data_root, annotation, "training_videoinfo_val*.txt", "validation annotation")
     index = _as_index(index)
+    if index is None or isinstance(index, Img2DatasetIndex):
+        store = open_train_store(path, data_root, index)
+        if store.dropped:
+            logger.warning("%s: %d pairs skipped: image or all frames missing from the index", path, store.dropped)
+        if not len(store):
+            raise DataError(f"no {split} pairs in {path}" + (" after the index lookup" if store.dropped else ""))
+        return store
     root = os.path.abspath(data_root)
     pairs, dropped = [], 0
     for clip_id, frames, image_id, image_rel in read_training_tsv(path):

@@ -12,7 +12,7 @@ ignores the others. Adding a data set means adding one entry here.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +27,7 @@ def _opt(args, name: str):
     return getattr(args, name, None)
 
 
-def _lpr4m_train(root: Path, args) -> list[TrainPair]:
+def _lpr4m_train(root: Path, args) -> Sequence[TrainPair]:
     return load_lpr4m_train(root, "train", annotation=_opt(args, "train_annotation"), index=_opt(args, "index"))
 
 
@@ -65,7 +65,7 @@ class DatasetSpec:
     name: str
     description: str
     root: Callable[[str | None, str | Path, bool], Path]  # (data_root, output_dir, create) -> the root to read
-    load_train: Callable[[Path, object], list[TrainPair]]
+    load_train: Callable[[Path, object], Sequence[TrainPair]]
     load_test: Callable[[Path, object], RetrievalSplit]
     load_validation: Callable[[Path, object], RetrievalSplit] | None  # None: the release has no validation split
     needs_data_root: bool = True
