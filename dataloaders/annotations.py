@@ -47,6 +47,15 @@ CLIP_DTYPE = np.dtype([("str_off", "<i8"), ("frame_off", "<i8"), ("image_row", "
 _FALLBACK, _EMPTY = -1, 0     # width codes besides 1.._MAX_WIDTH
 
 
+def split_columns(line: str, path, lineno: int) -> list[str]:
+    """The tab-separated columns of a training TSV line (at least 5; a DataError names file:line)."""
+    cols = line.split("\t")
+    if len(cols) < 5:
+        raise DataError(f"{path}:{lineno}: expected at least 5 tab-separated columns "
+                        f"(clip id, frames, boxes, image id, image path), got {len(cols)}")
+    return cols
+
+
 def _parse_list(text: str, path: Path, lineno: int) -> list[str]:
     """A JSON or Python list literal of strings (never eval)."""
     try:
@@ -256,10 +265,7 @@ def build_train_store(path: Path, out: Path, index: Img2DatasetIndex | None = No
                 raise DataError(f"{path}:{lineno}: not valid UTF-8 ({e.reason})") from None
             if not line.strip():
                 continue
-            cols = line.split("\t")
-            if len(cols) < 5:
-                raise DataError(f"{path}:{lineno}: expected at least 5 tab-separated columns "
-                                f"(clip id, frames, boxes, image id, image path), got {len(cols)}")
+            cols = split_columns(line, path, lineno)
             plain = plain_list_items(cols[1].encode("utf-8"))
             if plain is None:
                 frames = [f.encode("utf-8") for f in _parse_list(cols[1], path, lineno)]

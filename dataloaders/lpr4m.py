@@ -20,7 +20,7 @@ from pathlib import Path
 
 from utils.errors import DataError
 
-from .annotations import _parse_list, open_train_store
+from .annotations import _parse_list, open_train_store, split_columns
 from .img2dataset_index import Img2DatasetIndex, open_img2dataset_index
 from .records import GalleryImage, Query, RetrievalSplit, TrainPair, live_id_of
 
@@ -73,10 +73,7 @@ def read_training_tsv(path: Path) -> list[tuple[str, list[str], str, str]]:
             line = line.rstrip("\r\n")
             if not line.strip():
                 continue
-            cols = line.split("\t")
-            if len(cols) < 5:
-                raise DataError(f"{path}:{lineno}: expected at least 5 tab-separated columns "
-                                f"(clip id, frames, boxes, image id, image path), got {len(cols)}")
+            cols = split_columns(line, path, lineno)
             frames = _parse_list(cols[1], path, lineno)
             if not cols[0] or not cols[3]:
                 raise DataError(f"{path}:{lineno}: empty clip id or image id")
