@@ -172,9 +172,12 @@ def final_loss(log: Path, key: str, last: int = END_RECORDS) -> float | None:
 
 
 def format_table(results: dict[str, dict], chance: dict[str, float]) -> str:
-    """R1/R5/R10 of the embedding ranking; for PMD rows also R1 after PMD re-ranking and the final PMD loss."""
+    """R1/R5/R10 of the embedding ranking; for PMD rows also R1 after PMD re-ranking and the final PMD loss.
+
+    The final PMD loss is the mean of the last END_RECORDS logged batches (the last 50 steps).
+    """
     head = ("| model | " + " | ".join(f"R{k}" for k in KS)
-            + f" | R1, PMD re-ranked (top {RERANK_TOPK}) | PMD loss, last {END_RECORDS * LOG_EVERY} steps |")
+            + f" | R1, PMD re-ranked (top {RERANK_TOPK}) | PMD loss at the end |")
     lines = [head, "|" + "---|" * (len(KS) + 3)]
     for name, metrics in results.items():
         reranked = f"{metrics['reranked']['R1']:.2f}" if "reranked" in metrics else "–"
