@@ -228,7 +228,8 @@ def main(argv: list[str] | None = None) -> dict:
               "--batch_size", str(args.batch_size), "--max_frames", str(args.max_frames),
               "--lr", str(args.lr), "--coef_lr", str(coef_lr), "--precision", args.precision,
               "--num_workers", str(args.num_workers), "--seed", str(args.seed),
-              "--log_every_steps", str(LOG_EVERY), "--no_tensorboard"]
+              "--log_every_steps", str(LOG_EVERY), "--no_tensorboard",
+              "--overwrite"]  # a demo rerun replaces its earlier runs (training refuses that otherwise)
     if args.pretrained_clip:
         common += ["--pretrained_clip", args.pretrained_clip]
     else:
