@@ -116,3 +116,28 @@ def test_demo_pmd_learns_and_is_evaluated_both_ways(demo_run):
         assert result["results"][row]["reranked"]["R1"] == metrics["reranked"]["R1"] <= metrics["embedding"]["R5"]
         assert f"| {metrics['reranked']['R1']:.2f} |" in result["table"]
     assert "reranked" not in result["results"]["ICL"]
+
+
+def test_demo_runs_are_identical_on_two_threads(tmp_path):
+    """Two runs of the same (tiny) demo give bit-identical weights and byte-identical rankings.
+
+    Without the demo's deterministic mode, PMD's gather backward adds rows in thread order and two
+    runs on 2 threads drift apart within a few steps. The caller's setting is restored afterwards.
+    """
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        flags = ["--max_steps", "12", "--batch_size", "16", "--max_frames", "2", "--num_workers", "0",
+                 "--no_progress", "--rows", "ICL+PMD+PFR", "--synthetic_test_lives", "2"]
+        for run in ("a", "b"):
+            demo.main(["--output_dir", str(tmp_path / run), *flags])
+        assert not torch.are_deterministic_algorithms_enabled()
+    finally:
+        torch.set_num_threads(threads)
+    weights = [torch.load(tmp_path / run / "runs" / "ICL_PMD_PFR" / "model.pt", weights_only=True)["model"]
+               for run in ("a", "b")]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    rankings = [(tmp_path / run / "runs" / "ICL_PMD_PFR" / "eval" / "rankings.jsonl").read_bytes() for run in "ab"]
+    assert rankings[0] == rankings[1]

@@ -191,14 +191,9 @@ def format_table(results: dict[str, dict], chance: dict[str, float]) -> str:
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    # Imported here so `--help` is instant and importing this module has no cost.
-    import lpr4m_embedding_eval
-    import lpr4m_train
-    from dataloaders.lpr4m import load_lpr4m_test
-    from dataloaders.synthetic import make_synthetic_dataset
+    import torch  # here, so `--help` is instant and importing this module has no cost
 
-    import torch
-
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
     if not torch.cuda.is_available():
         # Run-to-run reproducibility on the CPU. The PMD pair gathers (x[index] with repeated
         # indices in modules/rice.py and modules/heads.py) are backpropagated by index_put_ with
@@ -207,6 +202,19 @@ def main(argv: list[str] | None = None) -> dict:
         # mode adds them in a fixed order; it costs nothing measurable here. (Not on GPUs: there
         # it would need CUBLAS_WORKSPACE_CONFIG and would refuse some kernels.)
         torch.use_deterministic_algorithms(True)
+    try:
+        return _run(args)
+    finally:  # the caller's setting again (the demo also runs inside other programs, e.g. the tests)
+        torch.use_deterministic_algorithms(was_deterministic)
+
+
+def _run(args: argparse.Namespace) -> dict:
+    """Data, the three rows' training and evaluation, the table and the curves."""
+    import lpr4m_embedding_eval
+    import lpr4m_train
+    from dataloaders.lpr4m import load_lpr4m_test
+    from dataloaders.synthetic import make_synthetic_dataset
+
     out = Path(args.output_dir)
     start = time.time()
     if args.data_root is None:
