@@ -76,6 +76,7 @@ class Trainer:
         self.validated_at = None  # the step of the last validation
         self.last_losses: dict[str, float] = {}  # the last logged losses, saved with the model
         self.resumed_from = self._resume()
+        self._check_same_place()
         self.ddp = self.model
         if runtime.world_size > 1:
             device_ids = [runtime.device.index] if runtime.device.type == "cuda" else None
@@ -141,6 +142,22 @@ class Trainer:
             log.info("resumed from %s at step %d (epoch %d, sample %d)", path, self.step, self.epoch,
                      self.sample_in_epoch)
         return path
+
+    def _check_same_place(self) -> None:
+        """Every process must continue from the same step; else all stop with one clear error.
+
+        Each process resolves --resume in its own OUTPUT_DIR. With one folder per
+        machine, a node without the checkpoint would start again at step 0 while
+        the others continue: the copies drift apart and the run hangs when one
+        side finishes first. Checked on every process, so all stop together.
+        """
+        places = _gather_objects((self.step, self.epoch, self.sample_in_epoch, str(self.resumed_from or "")))
+        if len({place[:3] for place in places}) > 1:
+            where = "; ".join(f"rank {rank}: step {place[0]} ({place[3] or 'no checkpoint, a new run'})"
+                              for rank, place in enumerate(places))
+            raise TrainingError(f"the processes would continue from different places ({where}). Every process "
+                                "must read the same checkpoint: give all machines one shared --output_dir, or "
+                                "copy OUTPUT_DIR/checkpoints/last.pt into each machine's --output_dir")
 
     # ---------------------------------------------------------------- the run
     def run(self) -> dict:
