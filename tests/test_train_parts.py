@@ -251,3 +251,29 @@ def test_log_reader_and_resume_truncation(tmp_path):
     log.write_text('{"step": 1}\n{"step": 2, "lo')  # killed mid-write: the last line is dropped
     with pytest.warns(UserWarning, match="unfinished last line"):
         assert [r["step"] for r in read_log(log)] == [1]
+
+
+def test_cuda_rng_is_saved_and_restored_for_the_process_s_own_device_only(monkeypatch):
+    """A rank saves its own GPU's generator, not every visible one, so resuming with fewer visible
+    GPUs per process (8 -> 4 x 2, srun's one GPU per task) works. Simulated: no GPU is needed."""
+    from utils.train import checkpointing
+
+    restored = []
+    fake = {
+        "is_available": lambda: True, "is_initialized": lambda: True, "current_device": lambda: 5,
+        "get_rng_state": lambda device: torch.full((4,), device, dtype=torch.uint8),
+        "set_rng_state": lambda state, device: restored.append((int(state[0]), device)),
+    }
+    for name, value in fake.items():
+        monkeypatch.setattr(checkpointing.torch.cuda, name, value)
+    state = checkpointing.rng_state()
+    assert "cuda" not in state and int(state["cuda_device"][0]) == 5  # device 5's state only
+    monkeypatch.setattr(checkpointing.torch.cuda, "current_device", lambda: 0)  # resumed on 1 visible GPU
+    checkpointing.set_rng_state(state)
+    assert restored == [(5, 0)]
+    legacy = {k: v for k, v in state.items() if k != "cuda_device"}
+    checkpointing.set_rng_state({**legacy, "cuda": [torch.full((4,), d, dtype=torch.uint8) for d in range(8)]})
+    assert restored[-1] == (0, 0)  # an old file (every device): this process's entry
+    monkeypatch.setattr(checkpointing.torch.cuda, "current_device", lambda: 3)
+    checkpointing.set_rng_state({**legacy, "cuda": [torch.zeros(4, dtype=torch.uint8)] * 2})  # no IndexError
+    assert len(restored) == 2

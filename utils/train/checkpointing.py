@@ -46,11 +46,17 @@ def atomic_save(obj, path: Path) -> None:
 
 
 def rng_state() -> dict:
+    """This process's generators: Python, NumPy, torch CPU and, on a GPU, its OWN device only.
+
+    One device per process (not every visible GPU), so a run resumes on a machine
+    that shows each process fewer GPUs (8 per node -> 4 x 2, a narrower
+    CUDA_VISIBLE_DEVICES, one GPU per task under srun).
+    """
     name, keys, pos, has_gauss, cached = np.random.get_state()
     state = {"python": random.getstate(), "numpy": (name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss,
                                                     cached), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda_device"] = torch.cuda.get_rng_state(torch.cuda.current_device())
     return state
 
 
@@ -59,15 +65,21 @@ def set_rng_state(state: dict) -> None:
     name, keys, pos, has_gauss, cached = state["numpy"]
     np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if not torch.cuda.is_available():
+        return
+    device = torch.cuda.current_device()
+    if "cuda_device" in state:
+        torch.cuda.set_rng_state(state["cuda_device"], device)
+    elif "cuda" in state and device < len(state["cuda"]):  # files of earlier versions: every visible device
+        torch.cuda.set_rng_state(state["cuda"][device], device)
 
 
 def training_state(model, config: dict, args: dict, optimizer, precision, step: int, epoch: int,
-                   sample_in_epoch: int) -> dict:
+                   sample_in_epoch: int, rngs: list[dict]) -> dict:
+    """The whole training checkpoint; `rngs` holds every process's `rng_state()`, in rank order."""
     state = export_model(model, config, args)
     state.update(optimizer=optimizer.state_dict(), scaler=precision.state_dict(), step=step, epoch=epoch,
-                 sample_in_epoch=sample_in_epoch, rng=rng_state())
+                 sample_in_epoch=sample_in_epoch, rng=rngs)
     return state
 
 

@@ -37,6 +37,7 @@ from utils.train.checkpointing import (
     epoch_checkpoints,
     load_training_state,
     prune_epoch_checkpoints,
+    rng_state,
     set_rng_state,
     training_state,
 )
@@ -249,11 +250,15 @@ class Trainer:
             log.info("validation at step %d (epoch %d): %s", self.step, self.epoch, metrics)
 
     def _save(self, path: Path) -> None:
-        """A training checkpoint with every process's RNG state, so each can continue exactly."""
-        state = training_state(self.model, self.config_dict, self.args_dict, self.optimizer, self.precision,
-                               self.step, self.epoch, self.sample_in_epoch)
-        state["rng"] = _gather_objects(state["rng"])
+        """A training checkpoint with every process's RNG state, so each can continue exactly.
+
+        Only the main process copies the model and optimizer to the host; the
+        others contribute their RNG state alone.
+        """
+        rngs = _gather_objects(rng_state())
         if self.runtime.is_main:
+            state = training_state(self.model, self.config_dict, self.args_dict, self.optimizer, self.precision,
+                                   self.step, self.epoch, self.sample_in_epoch, rngs)
             atomic_save(state, path)
             if path.name != LAST:
                 atomic_save(state, self.ckpt_dir / LAST)
