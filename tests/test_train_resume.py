@@ -78,3 +78,48 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(small_data, tmp_path):
     # The log holds every step exactly once, as the uninterrupted run's does.
     steps = [record["step"] for record in read_log(interrupted / "log.jsonl")]
     assert steps == list(range(1, STEPS + 1))
+
+
+def _parent_pid(stat: Path) -> int | None:
+    """The parent of a process, from /proc/<pid>/stat (None if it has gone)."""
+    try:
+        return int(stat.read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def test_sigterm_saves_and_resume_finishes_identically(small_data, tmp_path):
+    """SIGTERM: the current step finishes, last.pt is written, the run exits; --resume latest then
+    ends bit-identical to an uninterrupted run. Two processes agree on stopping only every
+    STOP_CHECK_EVERY steps (one all-reduce and a device wait each), so they stop at such a step."""
+    from utils.train.trainer import STOP_CHECK_EVERY
+
+    steps = 2 * STOP_CHECK_EVERY + 4
+    args = _args(small_data, tmp_path / "run")
+    args = args[:args.index("--max_steps")] + ["--max_steps", str(steps)] + args[args.index("--max_steps") + 2:]
+    args[args.index("--save_every_steps") + 1] = "0"
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    train = args[1:]  # lpr4m_train.py and its flags
+    reference = [a if a != str(tmp_path / "run") else str(tmp_path / "reference") for a in train]
+    subprocess.run(launch + reference, env=_env(), check=True, capture_output=True, timeout=TIMEOUT)
+
+    proc = subprocess.Popen(launch + train, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + TIMEOUT
+    while _steps_logged(tmp_path / "run") < 3 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    # As a cluster scheduler does, signal the training processes themselves (torchrun's children).
+    workers = [stat.parent.name for stat in Path("/proc").glob("[0-9]*/stat")
+               if _parent_pid(stat) == proc.pid]
+    assert len(workers) == 2, workers
+    for pid in workers:
+        os.kill(int(pid), signal.SIGTERM)
+    output = proc.communicate(timeout=TIMEOUT)[0]
+    assert proc.returncode != 0 and "stopped by a signal at step" in output, output[-3000:]
+    saved = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)["step"]
+    assert saved % STOP_CHECK_EVERY == 0 and 0 < saved < steps, saved
+    assert not (tmp_path / "run" / "model.pt").exists()
+
+    resumed = subprocess.run(launch + train, env=_env(), capture_output=True, text=True, timeout=TIMEOUT)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    ref, got = _weights(tmp_path / "reference" / "model.pt"), _weights(tmp_path / "run" / "model.pt")
+    assert all(torch.equal(ref[k], got[k]) for k in ref)

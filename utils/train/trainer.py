@@ -49,6 +49,9 @@ from utils.train.scheduler import set_lr
 from utils.train.validation import validate
 
 log = logging.getLogger("rice.train")
+# Steps between the processes' agreement on a stop request (SIGTERM/SIGINT): each check is an
+# all-reduce and a wait for the device, so a multi-process run does it every so many steps.
+STOP_CHECK_EVERY = 10
 
 
 def train(args: argparse.Namespace, runtime: Runtime) -> dict:
@@ -210,7 +213,7 @@ class Trainer:
                 self.last_losses = {name: record[name] for name in losses if name != "grad_norm"}
                 self.logger.log(record)
                 self.window_start, self.window_samples = time.perf_counter(), 0
-            if stop.agreed(runtime.device):
+            if (runtime.world_size == 1 or self.step % STOP_CHECK_EVERY == 0) and stop.agreed(runtime.device):
                 self._save(self.ckpt_dir / LAST)
                 self.bar.close()
                 raise SystemExit(f"stopped by a signal at step {self.step}; checkpoint {self.ckpt_dir / LAST}; "
