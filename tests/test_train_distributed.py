@@ -71,14 +71,14 @@ def test_torchrun_two_processes_one_node(small_data, tmp_path):
     _check_run(out, _digests(tmp_path / "digests", 2))
 
 
-def test_torchrun_two_nodes_c10d_rendezvous(small_data, tmp_path):
-    out = tmp_path / "run"
+def _two_nodes(data: Path, tmp_path: Path, outs: list[Path], digests: Path, *extra: str):
+    """Two c10d "nodes" on loopback, one process each, node i writing to outs[i]: (exit codes, logs)."""
     endpoint = f"127.0.0.1:{_free_port()}"
     procs = []
-    for node in range(2):
+    for node, out in enumerate(outs):
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
                "--node_rank", str(node), "--rdzv_backend", "c10d", "--rdzv_endpoint", endpoint,
-               "--rdzv_id", "rice-test", str(WORKER), str(tmp_path / "digests"), *_train_args(small_data, out)]
+               "--rdzv_id", "rice-test", str(WORKER), str(digests), *_train_args(data, out), *extra]
         procs.append(subprocess.Popen(cmd, cwd=tmp_path, env=_env(), stdout=subprocess.PIPE,
                                       stderr=subprocess.STDOUT, text=True))
     logs = []
@@ -87,7 +87,13 @@ def test_torchrun_two_nodes_c10d_rendezvous(small_data, tmp_path):
             logs.append(proc.communicate(timeout=TIMEOUT)[0])
         finally:
             proc.kill()
-    assert [p.returncode for p in procs] == [0, 0], "\n".join(log[-3000:] for log in logs)
+    return [p.returncode for p in procs], logs
+
+
+def test_torchrun_two_nodes_c10d_rendezvous(small_data, tmp_path):
+    out = tmp_path / "run"
+    codes, logs = _two_nodes(small_data, tmp_path, [out, out], tmp_path / "digests")
+    assert codes == [0, 0], "\n".join(log[-3000:] for log in logs)
     _check_run(out, _digests(tmp_path / "digests", 2))
 
 
@@ -110,26 +116,6 @@ def test_gloo_is_what_cpu_runs_use():
     assert not torch.distributed.is_initialized()
 
 
-def _two_nodes(data: Path, tmp_path: Path, outs: list[Path], *extra: str) -> tuple[list[int], list[str]]:
-    """Two c10d "nodes" on loopback, one process each, node i writing to outs[i]."""
-    endpoint = f"127.0.0.1:{_free_port()}"
-    procs = []
-    for node, out in enumerate(outs):
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
-               "--node_rank", str(node), "--rdzv_backend", "c10d", "--rdzv_endpoint", endpoint,
-               "--rdzv_id", "rice-resume", str(WORKER), str(tmp_path / f"digests{len(extra)}"),
-               *_train_args(data, out), *extra]
-        procs.append(subprocess.Popen(cmd, cwd=tmp_path, env=_env(), stdout=subprocess.PIPE,
-                                      stderr=subprocess.STDOUT, text=True))
-    logs = []
-    for proc in procs:
-        try:
-            logs.append(proc.communicate(timeout=TIMEOUT)[0])
-        finally:
-            proc.kill()
-    return [p.returncode for p in procs], logs
-
-
 def test_two_nodes_with_their_own_folders_resume_from_the_same_step_or_stop(small_data, tmp_path):
     """Multi-node resume with one output folder per machine: a node without the checkpoint must not
     start again at step 0 beside the others (they would drift apart, then hang); all stop in one line.
@@ -138,13 +124,13 @@ def test_two_nodes_with_their_own_folders_resume_from_the_same_step_or_stop(smal
     subprocess.run([sys.executable, str(ROOT / "lpr4m_train.py"), *_train_args(small_data, first), "--max_steps", "3"],
                    env=_env(), check=True, capture_output=True, timeout=TIMEOUT)
     second = tmp_path / "node1"
-    codes, logs = _two_nodes(small_data, tmp_path, [first, second], "--resume", "latest")
+    codes, logs = _two_nodes(small_data, tmp_path, [first, second], tmp_path / "digests", "--resume", "latest")
     assert codes[0] != 0 and codes[1] != 0, "\n".join(log[-2000:] for log in logs)
     for log in logs:
         assert "would continue from different places" in log and "rank 1: step 0" in log, log[-2000:]
     (second / "checkpoints").mkdir(parents=True)
     shutil.copy(first / "checkpoints" / "last.pt", second / "checkpoints" / "last.pt")
-    codes, logs = _two_nodes(small_data, tmp_path, [first, second], "--resume", "latest")
+    codes, logs = _two_nodes(small_data, tmp_path, [first, second], tmp_path / "digests", "--resume", "latest")
     assert codes == [0, 0], "\n".join(log[-3000:] for log in logs)
-    digests = _digests(tmp_path / "digests2", 2)
+    digests = _digests(tmp_path / "digests", 2)
     assert digests[0] == digests[1] and digests[0][1] == "8"
