@@ -82,23 +82,26 @@ def test_oversized_training_image_is_skipped(lpr, tmp_path):
     assert done["step"] >= 1 and Path(done["model_path"]).is_file()
 
 
-@pytest.mark.parametrize("name, content, message", [
-    ("query_tenframes.json", [1, 2, 3], r"query_tenframes\.json: expected a JSON object .* found array"),
-    ("query_tenframes.json", "frames [1, 2]", r"query_tenframes\.json: frames of '.*' must be a list of ids"),
-    ("test_videoid_to_gtimage.json", "gt 5", r"ground truth of '.*' must be a list of ids"),
+def _first_entry(change):
+    """A breaker that applies `change` to the first entry of the file's object (the rest stays valid)."""
+    def breaker(entries: dict) -> dict:
+        first = next(iter(entries))
+        entries[first] = change(entries[first])
+        return entries
+    return breaker
+
+
+@pytest.mark.parametrize("name, breaker, message", [
+    ("query_tenframes.json", lambda entries: [1, 2, 3],
+     r"query_tenframes\.json: expected a JSON object .* found array"),
+    ("query_tenframes.json", _first_entry(lambda query: {**query, "frames": [1, 2]}),
+     r"query_tenframes\.json: frames of '.*' must be a list of ids"),
+    ("test_videoid_to_gtimage.json", _first_entry(lambda gt: 5), r"ground truth of '.*' must be a list of ids"),
 ])
-def test_json_of_the_wrong_shape_is_one_line(lpr, tmp_path, expect_error, name, content, message):
+def test_json_of_the_wrong_shape_is_one_line(lpr, tmp_path, expect_error, name, breaker, message):
     root, ckpt = lpr
     target = next((root / "annotations").glob(name.replace(".json", "*.json")))
-    if isinstance(content, str):  # break one entry of the real file
-        entries = json.loads(target.read_text())
-        first = next(iter(entries))
-        if content == "gt 5":
-            entries[first] = 5
-        else:
-            entries[first]["frames"] = [1, 2]
-        content = entries
-    target.write_text(json.dumps(content))
+    target.write_text(json.dumps(breaker(json.loads(target.read_text()))))
     with expect_error(message):
         _eval(root, ckpt, tmp_path / "out")
 

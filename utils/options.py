@@ -39,8 +39,8 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-def add_model_args(parser: argparse.ArgumentParser, title: str) -> None:
-    """The flags that choose the README row (the same names in training and evaluation)."""
+def add_model_args(parser: argparse.ArgumentParser, title: str):
+    """The flags that choose the README row (the same names in training and evaluation); returns their group."""
     model = parser.add_argument_group(title)
     model.add_argument("--row", choices=sorted(ROWS),
                        help="a README row: sets --sim_header, --cross_num_hidden_layers, --recons_feat and "

@@ -112,9 +112,11 @@ def _output_dir_problem(args: argparse.Namespace, out: Path) -> str | None:
             return (f"--output_dir {out} already holds a run ({', '.join(existing)}): continue it with --resume "
                     "latest, start afresh there with --overwrite (its files are deleted first), or choose "
                     "another --output_dir")
-        for name in existing:
-            path = out / name
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
+        for path in (out / name for name in existing):
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
         log.info("--overwrite: deleted the previous run's %s in %s", ", ".join(existing), out)
     try:
         check_writable(out)
