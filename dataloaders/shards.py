@@ -1,0 +1,121 @@
+"""Training on shards: the torch dataset and the shard-level shuffled sampler (docs/data.md, "Shards").
+
+`ShardPairDataset` returns exactly PairDataset's items (same frame rule, same transform, same
+randomness, uint8) from the members of a `dataloaders.shard_format.ShardSet`; a member that
+cannot be read or decoded is skipped and reported like an unreadable file
+(`dataloaders.datasets.SkipReport`), a sample without a usable image or frame is replaced
+as PairDataset does.
+
+`ShardSampler` gives an epoch's order: shards permuted by (seed, epoch), samples shuffled
+within windows of K consecutive shards of that permutation, global batches dealt to ranks as
+`utils.train.engine.EpochSampler` does; a pure function of (seed, epoch) and the start
+position, so a resumed run continues exactly.
+"""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image
+from torch.utils.data import Sampler
+
+from .datasets import PairDataset
+from .sampling import pad_frames, train_frame_indices
+from .shard_format import SLOT_SHOP, ShardSet, member_name, read_member
+from .transforms import ImageTransform, load_rgb
+
+
+def decode_member(data: bytes, where: str, transform: ImageTransform, rng, skipped: list[str]):
+    """Decode and transform member bytes as `datasets._read` does a file; None (recorded) on failure."""
+    try:
+        return transform(load_rgb(io.BytesIO(data), transform.decode_size), rng)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        skipped.append(f"{where} (cannot decode)")
+        return None
+
+
+class ShardPairDataset(PairDataset):
+    """PairDataset over shards: the same items, from the same bytes, with the same randomness.
+
+    A sample's randomness is seeded with (seed, epoch, TSV row), as PairDataset seeds pair
+    `row` of the TSV, so a clip gets the same frames and augmentation from shards as from
+    files even when packing dropped other samples. `index` in an item is the shard sample.
+    """
+
+    def __init__(self, shards: ShardSet, image_transform: ImageTransform, frame_transform: ImageTransform,
+                 max_frames: int = 10, seed: int = 42, max_replacements: int = 10):
+        super().__init__(shards, image_transform, frame_transform, max_frames, seed, max_replacements)
+
+    def _member(self, path, fd, members, row, slot, transform, rng, skipped):
+        data = read_member(path, fd, members, row, slot, skipped)
+        if data is None:
+            return None
+        return decode_member(data, f"{path}:{member_name(row, slot)}", transform, rng, skipped)
+
+    def _load(self, index: int, skipped: list[str]):
+        path, fd, members, n, row = self.pairs.sample(index)
+        rng = np.random.default_rng((self.seed, self.epoch, row))
+        chosen = train_frame_indices(n, self.max_frames, rng)
+        image = self._member(path, fd, members, row, SLOT_SHOP, self.image_transform, rng, skipped)
+        if image is None:
+            return None
+        frames = [f for i in chosen
+                  if (f := self._member(path, fd, members, row, i, self.frame_transform, rng, skipped)) is not None]
+        if not frames:
+            return None
+        frames, mask = pad_frames(frames, self.max_frames, (3, self.frame_transform.image_size,
+                                                            self.frame_transform.image_size))
+        return {"image": image, "frames": frames, "frame_mask": mask, "index": index}
+
+
+# ------------------------------------------------------------------------------------ order
+def shard_epoch_order(sizes: np.ndarray, seed: int, epoch: int, window: int) -> np.ndarray:
+    """Sample positions (0..sum(sizes)-1, shard-major) in the order of epoch `epoch`.
+
+    Shards are permuted with a generator seeded by (seed, epoch); the samples of each window
+    of `window` consecutive shards of that permutation are shuffled among themselves.
+    """
+    sizes = np.asarray(sizes, np.int64)
+    rng = np.random.default_rng((seed, epoch))
+    perm = rng.permutation(len(sizes))
+    starts = np.r_[0, np.cumsum(sizes)][:-1]
+    lengths = sizes[perm]
+    total = int(lengths.sum())
+    run_start = np.cumsum(lengths) - lengths
+    order = np.arange(total, dtype=np.int64) + np.repeat(starts[perm] - run_start, lengths)
+    windows = np.repeat(np.arange(len(sizes)) // max(window, 1), lengths)
+    keys = rng.random(total)
+    return order[np.lexsort((keys, windows))]
+
+
+class ShardSampler(Sampler):
+    """This process's share of an epoch's shard-level shuffled order, from any sample position.
+
+    Global batch k is positions [k·B, (k+1)·B) of `shard_epoch_order`, B = world_size ·
+    local_batch; rank r takes the slice [r·L, (r+1)·L) of each; the tail that does not fill
+    a global batch is left out (as `utils.train.engine.EpochSampler`).
+    """
+
+    def __init__(self, sizes, world_size: int, rank: int, local_batch: int, seed: int, window: int):
+        self.sizes = np.asarray(sizes, np.int64)
+        self.size = int(self.sizes.sum())
+        self.rank, self.local_batch, self.seed, self.window = rank, local_batch, seed, window
+        self.global_batch = world_size * local_batch
+        self.batches_per_epoch = self.size // self.global_batch
+        self.epoch, self.start = 0, 0
+
+    def set_epoch(self, epoch: int, start_sample: int = 0) -> None:
+        self.epoch, self.start = epoch, start_sample
+
+    def batches_left(self) -> int:
+        return (self.size - self.start) // self.global_batch
+
+    def __iter__(self):
+        order = shard_epoch_order(self.sizes, self.seed, self.epoch, self.window)
+        batches = self.batches_left()
+        mine = order[self.start:self.start + batches * self.global_batch].reshape(batches, self.global_batch)
+        mine = mine[:, self.rank * self.local_batch:(self.rank + 1) * self.local_batch].reshape(-1)
+        return (int(i) for i in mine)
+
+    def __len__(self) -> int:
+        return self.batches_left() * self.local_batch
