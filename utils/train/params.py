@@ -42,6 +42,13 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--transform_style", choices=STYLES, default="v1",
                       help="v1: 224 bicubic squash for images and frames; v2: resize 256, random crop, flip. "
                       "Saved with the model: evaluation and validation use the matching eval transform")
+    data.add_argument("--train_shards", help="train from WebDataset shards of tools/pack_shards.py instead of the "
+                      "training TSV: their folder or a brace pattern (DIR/train-{000000..000123}.tar); same "
+                      "samples, frames and pixels as from the files (docs/data.md, Shards)")
+    data.add_argument("--shard_shuffle_window", type=int, default=4,
+                      help="with --train_shards: each epoch permutes the shards, then shuffles the samples within "
+                      "windows of this many consecutive shards (reads stay near-sequential; a window as large "
+                      "as the shard count shuffles the whole set)")
     add_fast_decode(data)
     data.add_argument("--num_workers", type=int, default=None,
                       help="data-loading processes per training process (default: the CPUs this process may use, "
@@ -124,8 +131,10 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
     if not 0.0 <= args.warmup_proportion < 1.0:
         parser.error(f"--warmup_proportion must be in [0, 1), got {args.warmup_proportion}")
     spec = DATASETS[args.dataset]
-    if spec.needs_data_root and not args.data_root:
-        parser.error(f"--data_root is required for --dataset {args.dataset}")
+    check_at_least(parser, args, 1, ("shard_shuffle_window",))
+    if spec.needs_data_root and not args.data_root and not (args.train_shards and not args.validate):
+        parser.error(f"--data_root is required for --dataset {args.dataset}"
+                     + (" (with --train_shards, for --validate)" if args.train_shards else ""))
     if args.pretrained_clip and args.init_model:
         parser.error("give either --pretrained_clip (start from CLIP) or --init_model (start from a RICE "
                      "checkpoint), not both")

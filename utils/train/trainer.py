@@ -25,6 +25,8 @@ from tqdm import tqdm
 
 from dataloaders.datasets import PairDataset, SkipReport, collate_samples
 from dataloaders.registry import DATASETS
+from dataloaders.shard_format import ShardSet
+from dataloaders.shards import ShardPairDataset, ShardSampler
 from dataloaders.transforms import build_transform
 from modules.checkpoint import export_model
 from utils.errors import CheckpointError, DataError, TrainingError
@@ -92,14 +94,21 @@ class Trainer:
     def _build_data_and_model(self) -> None:
         args, runtime = self.args, self.runtime
         spec = DATASETS[args.dataset]
-        root = data_root(args, runtime)
-        pairs = spec.load_train(root, args)
+        shards = getattr(args, "train_shards", None)
+        root = data_root(args, runtime) if not shards or args.validate else None
+        pairs = ShardSet(shards) if shards else spec.load_train(root, args)
         torch.manual_seed(args.seed)
         self.model = build_model(args).to(runtime.device)
         size = self.model.config.vision.image_size
         transform = build_transform(args.transform_style, True, size, fast_decode=args.fast_decode)
-        self.dataset = PairDataset(pairs, transform, transform, max_frames=args.max_frames, seed=args.seed)
-        self.sampler = EpochSampler(len(self.dataset), runtime.world_size, runtime.rank, self.local_batch, args.seed)
+        if shards:  # the same items; the order shuffles shards, then samples within windows of shards
+            self.dataset = ShardPairDataset(pairs, transform, transform, max_frames=args.max_frames, seed=args.seed)
+            self.sampler = ShardSampler(pairs.sizes, runtime.world_size, runtime.rank, self.local_batch, args.seed,
+                                        args.shard_shuffle_window)
+        else:
+            self.dataset = PairDataset(pairs, transform, transform, max_frames=args.max_frames, seed=args.seed)
+            self.sampler = EpochSampler(len(self.dataset), runtime.world_size, runtime.rank, self.local_batch,
+                                        args.seed)
         self.steps_per_epoch = self.sampler.batches_per_epoch
         if self.steps_per_epoch == 0:
             raise DataError(f"{len(pairs)} training pairs do not fill one global batch of {args.batch_size}; "
