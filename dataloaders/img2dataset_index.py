@@ -2,7 +2,10 @@
 
 img2dataset writes `<root>/00000/000000001.jpg` next to `000000001.json`, whose "url" ends in
 `<frame_id>.jpg` (frames) or `<image_id>.jpg` (shop images). The index lets the LPR4M loaders
-use those files where they are, without renaming or moving anything.
+use those files where they are, without renaming or moving anything. img2dataset's
+webdataset output (`<root>/00000.tar` holding `000000001.jpg` and `000000001.json`) is
+indexed too: its relative path is `00000.tar#<offset>+<size>`, where the image's bytes lie
+in the tar; tools/pack_shards.py reads those (training from files needs the files output).
 
 Index file (TSV, UTF-8):
     #root<TAB>0<TAB>/abs/path/to/frames_shards
@@ -23,7 +26,9 @@ of each TSV row, in file order. A lookup is two binary searches (numpy searchsor
 repeated id keeps its last line, as the dict does.
 """
 import json
+import logging
 import os
+import tarfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlparse
@@ -34,6 +39,8 @@ from tqdm import tqdm
 from utils.errors import DataError
 
 from .columnar import Column, NpyWriter, cached_store, fingerprint, gather_bytes, save_array, store_location
+
+logger = logging.getLogger(__name__)
 
 
 def id_from_url(url: str) -> str:
@@ -62,6 +69,14 @@ def build_img2dataset_index(roots: list[str | os.PathLike], output: str | os.Pat
         for number, root in enumerate(roots):
             out.write(f"#root\t{number}\t{root}\n")
         for number, root in enumerate(roots):
+            for tar in tqdm(sorted(root.glob("*.tar")), desc=f"indexing {root.name} (tar)", disable=not progress):
+                for key, ref in _tar_entries(tar, root, counts):
+                    if key in seen:
+                        counts["duplicates"] += 1
+                        continue
+                    seen.add(key)
+                    out.write(f"{key}\t{number}\t{ref}\n")
+                    counts["indexed"] += 1
             metas = sorted(root.glob("*/*.json"))
             for meta in tqdm(metas, desc=f"indexing {root.name}", disable=not progress):
                 try:
@@ -82,6 +97,41 @@ def build_img2dataset_index(roots: list[str | os.PathLike], output: str | os.Pat
                 counts["indexed"] += 1
     os.replace(tmp, output)
     return counts
+
+
+def _tar_entries(tar: Path, root: Path, counts: dict) -> list[tuple[str, str]]:
+    """(id, `<shard>.tar#<offset>+<size>`) of the images in one img2dataset webdataset shard.
+
+    The members of a sample share the key (`000000001.jpg`, `000000001.json`, ...); the
+    reference gives where the image's bytes lie in the tar (read by tools/pack_shards.py).
+    A shard cut short keeps the samples read before the cut (logged).
+    """
+    images, urls = {}, {}
+    try:
+        with tarfile.open(tar, "r:") as f:
+            for info in f:
+                if not info.isfile():
+                    continue
+                key, _, ext = info.name.rpartition(".")
+                if ext == "json":
+                    try:
+                        urls[key] = json.loads(f.extractfile(info).read())["url"]
+                    except (ValueError, KeyError, TypeError):
+                        counts["bad_json"] += 1
+                elif ext.lower() in ("jpg", "jpeg"):
+                    images[key] = (info.offset_data, info.size)
+    except (tarfile.TarError, OSError) as err:
+        logger.warning("%s: cannot be read to its end (%s); indexing the %d samples before that", tar, err,
+                       len(urls))
+    rel = tar.relative_to(root).as_posix()
+    entries = []
+    for key, url in urls.items():
+        if key not in images:
+            counts["missing_file"] += 1
+            continue
+        offset, size = images[key]
+        entries.append((id_from_url(url), f"{rel}#{offset}+{size}"))
+    return entries
 
 
 def load_img2dataset_index(path: str | os.PathLike) -> dict[str, str]:

@@ -18,7 +18,8 @@ from dataloaders.img2dataset_index import build_img2dataset_index  # noqa: E402
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("roots", nargs="+", help="img2dataset output folders (holding 00000/, 00001/, ...)")
+    p.add_argument("roots", nargs="+", help="img2dataset output folders (holding 00000/, 00001/, ... or, in "
+                   "webdataset format, 00000.tar, 00001.tar, ...)")
     p.add_argument("--output", required=True, help="index file to write (TSV)")
     args = p.parse_args(argv)
     counts = build_img2dataset_index(args.roots, args.output, progress=True)

@@ -266,7 +266,7 @@ def pack(args) -> dict:
 
 def index_only(args) -> dict:
     from dataloaders.columnar import NpyWriter
-    from dataloaders.shard_format import MEMBER_DTYPE, fsync_dir, scan_shard, sidecar_path
+    from dataloaders.shard_format import MANIFEST, MEMBER_DTYPE, fsync_dir, scan_shard, sidecar_path
 
     out = Path(args.output_dir)
     if not out.is_dir():
@@ -287,7 +287,12 @@ def index_only(args) -> dict:
         os.replace(tmp, side)
         built.append(name)
     fsync_dir(out)
-    manifest = _finish(out, names, {})
+    try:   # what the packer recorded besides the shards (its settings) stays
+        before = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
+        extra = {k: v for k, v in before.items() if k not in ("format", "samples", "shards")}
+    except (OSError, ValueError, AttributeError):
+        extra = {}
+    manifest = _finish(out, names, extra)
     print(f"indexed {len(names)} shards in {out} ({len(built)} sidecars built); {manifest['samples']} samples")
     return {"manifest": manifest, "built": built}
 
