@@ -27,11 +27,12 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 
 from utils.errors import DataError, one_line_errors  # noqa: E402
 
-# ~1 GB shards: an LPR4M clip has ~118 frames at 1 fps; img2dataset frames (shorter side 256)
-# are ~25 KB as JPEG, so a sample is ~3 MB and 320 samples ~1 GB. Large enough for sequential
-# reads and few files (~12,500 shards for 4.01M clips), small enough that a shuffle window of
-# a few shards spans many livestreams and a re-pack of one damaged shard is quick.
-DEFAULT_SAMPLES_PER_SHARD = 320
+# ~1 GB shards: an LPR4M clip has ~118 frames (1 fps); img2dataset frames (shorter side 256, e.g.
+# 256x455, JPEG quality 95) are ~40 KB, so a sample is ~4.8 MB and 200 samples ~1 GB
+# (benchmarks/bench_pack.py measures the bytes per clip). Large enough for long sequential reads
+# and few files (~20,000 shards for 4.01M clips, far more than ranks x workers), small enough
+# that a shuffle window of a few shards mixes many livestreams and re-packing one shard is quick.
+DEFAULT_SAMPLES_PER_SHARD = 200
 PART_DIR = ".pack"                 # per-shard report parts and the pack's settings
 REPORT_EXAMPLES = 20
 _TAR_REF = re.compile(r"^(.*\.tar)#(\d+)\+(\d+)$")
@@ -48,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output_dir", required=True, help="folder of the shards, sidecars, manifest and report")
     p.add_argument("--samples_per_shard", type=int, default=DEFAULT_SAMPLES_PER_SHARD,
                    help="training pairs per shard (default %(default)s: ~1 GB shards at LPR4M's ~118 frames "
-                   "of ~25 KB per clip)")
+                   "of ~40 KB per clip)")
     p.add_argument("--workers", type=int, default=None,
                    help="packing processes, each writing whole shards (default: the CPUs this process may use)")
     p.add_argument("--prefix", default="train", help="shard names: PREFIX-000000.tar, ... (default: train)")
