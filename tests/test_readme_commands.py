@@ -73,6 +73,12 @@ def workdir(tmp_path_factory):
     lpr = Path(syn["lpr4m"])
     frames = {Path(f).stem: Path(f) for p in load_lpr4m_train(lpr)[:5] for f in p.frame_paths}
     images = {Path(g.path).stem: Path(g.path) for g in load_lpr4m_test(lpr).gallery[:5]}
+    images.update({p.image_id: Path(p.image_path) for p in load_lpr4m_train(lpr)[:5]})
+    annotations = stand / "lpr4m_annotations"       # original annotations (ids) of those 5 training clips
+    annotations.mkdir()
+    (annotations / "training_videoinfo_full_5.txt").write_text("".join(
+        f"{p.clip_id}\t{json.dumps([Path(f).stem for f in p.frame_paths])}\t[]\t{p.image_id}\ttitle\n"
+        for p in load_lpr4m_train(lpr)[:5]))
     _img2dataset_shards(frames, stand / "lpr4m_frames")
     _img2dataset_shards(images, stand / "lpr4m_images")
     stand_ins = {
@@ -81,6 +87,8 @@ def workdir(tmp_path_factory):
         "/models/ViT-B-32.pt": str(stand / "ViT-B-32.pt"),
         "/data/lpr4m_frames": str(stand / "lpr4m_frames"),
         "/data/lpr4m_images": str(stand / "lpr4m_images"),
+        "/data/lpr4m_annotations": str(annotations),
+        "/data/lpr4m_shards": str(stand / "lpr4m_shards"),
         "/data/MovingFashion": str(syn["movingfashion"]),
         "/checkpoint/path": str(work / "outputs" / "lpr4m_icl_pmd_pfr" / "model.pt"),
     }
@@ -121,3 +129,5 @@ def test_every_readme_block_runs_as_written(workdir):
     assert (work / "data" / "synthetic" / "lpr4m" / "annotations").is_dir()
     assert "`data/synthetic/lpr4m`" in (ROOT / "README.md").read_text()  # the README names that data root
     assert (work / "lpr4m_index.tsv").is_file() and (work / "demo_output" / "curves.png").is_file()
+    assert all((Path(stand_ins[f"/data/{name}_shards"]) / "manifest.json").is_file() for name in ("lpr4m",)) \
+        and (work / "outputs" / "lpr750k_shards" / "model.pt").is_file()
