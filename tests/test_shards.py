@@ -159,10 +159,13 @@ def test_pack_from_img2dataset_files_and_webdataset_output(small_data, tmp_path)
     _webdataset_downloads(frames, tmp_path / "wds" / "frames")
     _webdataset_downloads(images, tmp_path / "wds" / "images")
     for kind in ("files", "wds"):
+        if kind == "wds":      # a second training TSV: --train_annotation chooses
+            (ann / "training_videoinfo_other_48.txt").write_text("nothing here\n")
         counts = index_main(["--output", str(tmp_path / f"{kind}.tsv"), str(tmp_path / kind / "frames"),
                              str(tmp_path / kind / "images")])
         assert counts["indexed"] == len(frames) + len(images)
-        _pack(ann, tmp_path / f"shards_{kind}", "--index", str(tmp_path / f"{kind}.tsv"))
+        _pack(ann, tmp_path / f"shards_{kind}", "--index", str(tmp_path / f"{kind}.tsv"),
+              *(["--train_annotation", "training_videoinfo_full_48.txt"] if kind == "wds" else []))
         members = _all_members(tmp_path / f"shards_{kind}")
         for row, pair in enumerate(pairs):
             key = f"{row:09d}"
@@ -373,3 +376,11 @@ def test_training_on_shards_2_ranks_x_2_workers_sigkill_and_resume_is_bit_identi
     different = [k for k in want if not torch.equal(want[k], have[k])]
     assert not different, f"killed at step {kill_at} (checkpoint at {saved}): {different[:5]} differ"
     assert MEMBER_DTYPE.itemsize == 28
+
+
+def test_pack_shards_help_imports_no_torch():
+    code = ("import runpy, sys\nsys.argv = ['tools/pack_shards.py', '--help']\n"
+            "try:\n    runpy.run_path('tools/pack_shards.py', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+            "print('HEAVY', sorted(m for m in ('torch', 'torchvision', 'PIL') if m in sys.modules))\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert "--samples_per_shard" in done.stdout and "HEAVY []" in done.stdout, done.stdout[-500:] + done.stderr

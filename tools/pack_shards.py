@@ -33,6 +33,7 @@ from utils.errors import DataError, one_line_errors  # noqa: E402
 # and few files (~20,000 shards for 4.01M clips, far more than ranks x workers), small enough
 # that a shuffle window of a few shards mixes many livestreams and re-packing one shard is quick.
 DEFAULT_SAMPLES_PER_SHARD = 200
+PREFIX = "train"                   # shard names: train-000000.tar, ...
 PART_DIR = ".pack"                 # per-shard report parts and the pack's settings
 REPORT_EXAMPLES = 20
 _TAR_REF = re.compile(r"^(.*\.tar)#(\d+)\+(\d+)$")
@@ -48,11 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "output); the TSV then holds frame and image ids")
     p.add_argument("--output_dir", required=True, help="folder of the shards, sidecars, manifest and report")
     p.add_argument("--samples_per_shard", type=int, default=DEFAULT_SAMPLES_PER_SHARD,
-                   help="training pairs per shard (default %(default)s: ~1 GB shards at LPR4M's ~118 frames "
-                   "of ~40 KB per clip)")
+                   help="training pairs per shard (default %(default)s: ~1 GB shards for clips of ~118 frames "
+                   "of ~40 KB)")
     p.add_argument("--workers", type=int, default=None,
                    help="packing processes, each writing whole shards (default: the CPUs this process may use)")
-    p.add_argument("--prefix", default="train", help="shard names: PREFIX-000000.tar, ... (default: train)")
     p.add_argument("--index_only", action="store_true",
                    help="write the missing sidecars (by scanning each tar once), samples.npy and manifest.json "
                    "for the shards in --output_dir; packs nothing")
@@ -152,7 +152,7 @@ def _settings(args, tsv: Path, index) -> dict:
 
     source = {k: v for k, v in fingerprint(tsv).items() if k != "mtime_ns"}
     return {"source": source, "index": None if index is None else index.meta["key"]["source"]["path"],
-            "samples_per_shard": args.samples_per_shard, "prefix": args.prefix,
+            "samples_per_shard": args.samples_per_shard,
             "data_root": os.path.abspath(args.data_root)}
 
 
@@ -241,10 +241,10 @@ def pack(args) -> dict:
     _check_settings(out, _settings(args, tsv, store.index))
     _remove_leftovers(out)
     per = args.samples_per_shard
-    names = [shard_name(args.prefix, s) for s in range(-(-len(store) // per))]
+    names = [shard_name(PREFIX, s) for s in range(-(-len(store) // per))]
     todo = [s for s, name in enumerate(names) if not _finished(out, name)]
     root = os.path.abspath(args.data_root) if store.index is None else None
-    jobs = [(store, str(out), args.prefix, s, per, root) for s in todo]
+    jobs = [(store, str(out), PREFIX, s, per, root) for s in todo]
     workers = max(1, min(args.workers or len(os.sched_getaffinity(0)), len(jobs) or 1))
     bar = tqdm(total=len(names), initial=len(names) - len(todo), unit="shard", desc="packing")
     if workers == 1:
