@@ -326,6 +326,9 @@ class ShardSet(Sequence):
         self._open()
 
     def _open(self):
+        if not (self.folder / TABLE).is_file():
+            raise DataError(f"--train_shards {self.spec}: {self.folder} has no {TABLE}; build it with "
+                            f"`python tools/pack_shards.py --index_only --output_dir {self.folder}`")
         self._table = Column(self.folder / TABLE)
         self._files: OrderedDict[int, tuple[int, int, int]] = OrderedDict()   # shard -> (tar fd, sidecar fd, data offset)
 
@@ -365,17 +368,29 @@ class ShardSet(Sequence):
         return entry
 
     def sample(self, i: int):
+        """(shard path, tar fd, member rows, frame count, TSV row) of sample i.
+
+        Raises ShardReadError (the caller skips the sample) when the shard's files cannot
+        be opened or its sidecar does not hold the rows samples.npy points to.
+        """
         k = int(np.searchsorted(self.cum, i, side="right")) - 1
         record = self._table[int(self.table_start[k] + i - self.cum[k])]
-        tar_fd, side_fd, offset = self._files_of(k)
-        size = MEMBER_DTYPE.itemsize
-        first, count = int(record["first"]), int(record["count"])
-        data = os.pread(side_fd, count * size, offset + first * size)
-        members = np.frombuffer(data, MEMBER_DTYPE)
+        try:
+            tar_fd, side_fd, offset = self._files_of(k)
+            size = MEMBER_DTYPE.itemsize
+            first, count = int(record["first"]), int(record["count"])
+            data = os.pread(side_fd, count * size, offset + first * size)
+        except (OSError, ValueError) as err:
+            raise ShardReadError(f"{self.paths[k]} (cannot open it or its sidecar: {err})") from None
+        members = np.frombuffer(data[:len(data) - len(data) % size], MEMBER_DTYPE)
         if len(members) != count or (members["row"] != record["row"]).any():
-            raise DataError(f"{self.paths[k]}: its sidecar does not match {self.folder / TABLE}; "
-                            f"index the folder again with tools/pack_shards.py --index_only")
+            raise ShardReadError(f"{self.paths[k]}:{sample_key(int(record['row']))} (sidecar does not match "
+                                 f"{TABLE}: run tools/pack_shards.py --index_only)")
         return self.paths[k], tar_fd, members, int(record["frames"]), int(record["row"])
+
+
+class ShardReadError(Exception):
+    """A sample whose shard files cannot be used; the message is what the skip report shows."""
 
 
 def read_member(path: str, fd: int, members: np.ndarray, row: int, slot: int, skipped: list[str]) -> bytes | None:

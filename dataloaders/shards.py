@@ -21,7 +21,7 @@ from torch.utils.data import Sampler
 
 from .datasets import PairDataset
 from .sampling import pad_frames, train_frame_indices
-from .shard_format import SLOT_SHOP, ShardSet, member_name, read_member
+from .shard_format import SLOT_SHOP, ShardReadError, ShardSet, member_name, read_member
 from .transforms import ImageTransform, load_rgb
 
 
@@ -53,7 +53,11 @@ class ShardPairDataset(PairDataset):
         return decode_member(data, f"{path}:{member_name(row, slot)}", transform, rng, skipped)
 
     def _load(self, index: int, skipped: list[str]):
-        path, fd, members, n, row = self.pairs.sample(index)
+        try:
+            path, fd, members, n, row = self.pairs.sample(index)
+        except ShardReadError as err:
+            skipped.append(str(err))
+            return None
         rng = np.random.default_rng((self.seed, self.epoch, row))
         chosen = train_frame_indices(n, self.max_frames, rng)
         image = self._member(path, fd, members, row, SLOT_SHOP, self.image_transform, rng, skipped)

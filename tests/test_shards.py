@@ -274,6 +274,15 @@ def test_missing_sidecar_bad_pattern_and_bad_flags_are_one_line_errors(damaged, 
     pack_main(["--index_only", "--output_dir", str(shards)])   # rebuilt by scanning the tar: the packer's bytes
     assert sidecar_path(shards / "train-000002.tar").read_bytes() == original
     assert _tree(shards) == _tree(damaged[1])
+    # a sidecar cut short (its shard's last samples cannot be found): those samples are skipped and replaced
+    side = sidecar_path(shards / "train-000003.tar")
+    os.truncate(side, side.stat().st_size - 100)
+    transform = build_transform("v1", True, 32)
+    item = ShardPairDataset(ShardSet(str(shards)), transform, transform, max_frames=2)[38]
+    assert item["index"] == 39 and item["replaced"] == 1
+    assert item["skipped"] == [f"{shards / 'train-000003.tar'}:000000039 (sidecar does not match samples.npy: run "
+                               "tools/pack_shards.py --index_only)"]
+    side.write_bytes(damaged[1].joinpath(side.name).read_bytes())
     with expect_error(r"(?m)^error: --train_shards .*train-\{000000\.\.000009\}\.tar: 5 of 10 shards do not exist"):
         lpr4m_train.main(base + ["--train_shards", str(shards / "train-{000000..000009}.tar")])
     (shards / "manifest.json").unlink()

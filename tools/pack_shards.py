@@ -184,18 +184,21 @@ def _finished(out: Path, name: str) -> bool:
 
 
 def _finish(out: Path, names: list[str], extra: dict) -> dict:
-    """samples.npy and manifest.json from the shards' sidecars."""
+    """samples.npy and manifest.json from the shards' sidecars (read one shard at a time)."""
     import numpy as np
 
     from dataloaders.shard_format import sample_table, sidecar_path, write_table_and_manifest
 
-    entries, tables = [], []
-    for name in names:
-        table = sample_table(np.load(sidecar_path(out / name)))
-        tables.append(table)
-        entries.append({"name": name, "samples": len(table), "tar_bytes": (out / name).stat().st_size,
-                        "frames": int(table["frames"].sum())})
-    return write_table_and_manifest(out, entries, tables, extra)
+    entries = []
+
+    def tables():
+        for name in names:
+            table = sample_table(np.load(sidecar_path(out / name)))
+            entries.append({"name": name, "samples": len(table), "tar_bytes": (out / name).stat().st_size,
+                            "frames": int(table["frames"].sum())})
+            yield table
+
+    return write_table_and_manifest(out, entries, tables(), extra)
 
 
 def _write_report(out: Path, names: list[str]) -> dict:
