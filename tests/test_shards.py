@@ -393,3 +393,14 @@ def test_pack_shards_help_imports_no_torch():
             "print('HEAVY', sorted(m for m in ('torch', 'torchvision', 'PIL') if m in sys.modules))\n")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert "--samples_per_shard" in done.stdout and "HEAVY []" in done.stdout, done.stdout[-500:] + done.stderr
+
+
+def test_bench_pack_prints_its_figures_last(tmp_path, capsys):
+    from benchmarks.bench_pack import main as bench_main
+
+    figures = bench_main(["--clips", "2", "--frames", "3", "--workers", "1", "--workdir", str(tmp_path)])
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.split() == [f"{k}={v}" for k, v in figures.items()]
+    assert list(figures) == ["clips", "frames", "pack_s", "disk_mb", "per_million_clips_h", "per_million_clips_gb"]
+    assert figures["clips"] == 2 and figures["frames"] == 6 and figures["disk_mb"] > 0
+    assert list(tmp_path.iterdir()) == []                    # the generated data and shards are removed
