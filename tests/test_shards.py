@@ -180,7 +180,7 @@ def _tree(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def test_a_killed_pack_resumes_and_writes_what_an_uninterrupted_pack_writes(small_data, tmp_path):
+def test_a_killed_pack_resumes_and_writes_what_an_uninterrupted_pack_writes(small_data, tmp_path, expect_error):
     root = tmp_path / "lpr4m"
     shutil.copytree(small_data / "lpr4m", root)
     reference = tmp_path / "reference"
@@ -197,7 +197,8 @@ def test_a_killed_pack_resumes_and_writes_what_an_uninterrupted_pack_writes(smal
     deadline = time.time() + TIMEOUT
     while not list(out.glob(".train-000006.tar.tmp-*")) and proc.poll() is None and time.time() < deadline:
         time.sleep(0.02)
-    time.sleep(0.2)
+    with expect_error(r"(?m)^error: another pack_shards.py is writing into .*out; wait for it"):
+        pack_main(cmd[2:])                                  # a second pack into the same folder meanwhile
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL

@@ -16,6 +16,7 @@ not a JPEG).
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import re
@@ -241,6 +242,12 @@ def pack(args) -> dict:
     tsv = _resolve_file(args.data_root, args.train_annotation, "training_videoinfo_*.txt", "training annotation",
                         exclude=("_val",))
     store = load_lpr4m_train(args.data_root, "train", annotation=tsv, index=args.index)
+    lock = open(out / PART_DIR / "lock", "a+b")     # held until this process ends
+    try:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise DataError(f"another pack_shards.py is writing into {out}; wait for it to end (or stop it: a rerun "
+                        "resumes where it stopped)") from None
     _check_settings(out, _settings(args, tsv, store.index))
     _remove_leftovers(out)
     per = args.samples_per_shard
