@@ -1,6 +1,6 @@
 """Packing into shards: time and disk per million clips (tools/pack_shards.py).
 
-    python benchmarks/bench_pack.py --clips 500 --frames 118 [--workers 4] [--workdir /fast/disk]
+    python benchmarks/bench_pack.py --clips 2000 --frames 118 [--workers 8] [--workdir /fast/disk]
 
 Generates N clips of F photo-like frames in the LPR750K release layout (crops of a real
 photograph, matplotlib's `grace_hopper.jpg`, moved and re-lit from frame to frame, resized to
@@ -81,6 +81,9 @@ def main(argv=None) -> dict:
     p.add_argument("--clips", type=int, default=200, help="clips to generate and pack")
     p.add_argument("--frames", type=int, default=118, help="frames per clip (LPR4M: ~118 on average)")
     p.add_argument("--workers", type=int, default=None, help="packing processes (default: the packer's)")
+    p.add_argument("--samples_per_shard", type=int, default=None,
+                   help="clips per shard (default: the packer's, ~1 GB shards); smaller gives several shards, "
+                   "so several --workers, with few clips")
     p.add_argument("--workdir", help="folder for the generated data and shards (default: a temporary folder)")
     args = p.parse_args(argv)
     from tools.pack_shards import main as pack_main
@@ -98,7 +101,9 @@ def main(argv=None) -> dict:
         os.sync()
         start = time.perf_counter()
         argv = ["--data_root", str(data), "--output_dir", str(shards)]
-        result = pack_main(argv + (["--workers", str(args.workers)] if args.workers else []))
+        argv += ["--workers", str(args.workers)] if args.workers else []
+        argv += ["--samples_per_shard", str(args.samples_per_shard)] if args.samples_per_shard else []
+        result = pack_main(argv)
         pack_s = time.perf_counter() - start
         disk = disk_bytes(shards)
         frames = sum(s["frames"] for s in result["manifest"]["shards"])

@@ -399,9 +399,12 @@ def test_pack_shards_help_imports_no_torch():
 def test_bench_pack_prints_its_figures_last(tmp_path, capsys):
     from benchmarks.bench_pack import main as bench_main
 
-    figures = bench_main(["--clips", "2", "--frames", "3", "--workers", "1", "--workdir", str(tmp_path)])
-    last = capsys.readouterr().out.strip().splitlines()[-1]
+    figures = bench_main(["--clips", "3", "--frames", "3", "--workers", "1", "--samples_per_shard", "2",
+                          "--workdir", str(tmp_path)])
+    out = capsys.readouterr().out
+    last = out.strip().splitlines()[-1]
     assert last.split() == [f"{k}={v}" for k, v in figures.items()]
     assert list(figures) == ["clips", "frames", "pack_s", "disk_mb", "per_million_clips_h", "per_million_clips_gb"]
-    assert figures["clips"] == 2 and figures["frames"] == 6 and figures["disk_mb"] > 0
+    assert figures["clips"] == 3 and figures["frames"] == 9 and figures["disk_mb"] > 0
+    assert "packed 3 of 3 pairs into 2 shards" in out
     assert list(tmp_path.iterdir()) == []                    # the generated data and shards are removed
