@@ -51,7 +51,6 @@ MEMBER_DTYPE = np.dtype([("row", "<i8"), ("slot", "<i4"), ("frames", "<u4"), ("o
 TABLE_DTYPE = np.dtype([("first", "<i8"), ("count", "<u4"), ("frames", "<u4"), ("row", "<i8")])
 BLOCK = tarfile.BLOCKSIZE
 RECORD = tarfile.RECORDSIZE
-JPEG_MAGIC = b"\xff\xd8\xff"
 OPEN_SHARDS = 32              # open shard files kept per process (least recently used closed first)
 
 
