@@ -203,3 +203,22 @@ def test_keyed_epoch_sampler_carries_the_epoch_to_the_dataset(small_data):
         assert torch.equal(a["frames"], b["frames"]) and torch.equal(a["image"], b["image"])
     dataset.set_epoch(0)
     assert not torch.equal(dataset[keys[0]]["frames"], dataset[keys[0][1]]["frames"])
+
+
+def test_bench_loader_compares_old_exact_and_fast_paths(capsys):
+    """A tiny run of benchmarks/bench_loader.py: the three paths, the batch sizes, the key=value last line."""
+    from benchmarks import bench_loader
+
+    threads = torch.get_num_threads()
+    try:
+        results = bench_loader.main(["--clips", "2", "--batch_size", "2", "--batches", "1", "--workers", "0"])
+    finally:
+        torch.set_num_threads(threads)  # the benchmark measures on one thread
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert set(results) == {("old", 0), ("exact", 0), ("fast", 0)} and all(v > 0 for v in results.values())
+    pixels = 2 * 11 * 3 * 224 * 224  # 2 clips of 10 frames + 1 image
+    assert f"old  : {4 * pixels / 2**20:.1f} MiB" in next(line for line in lines if "old  :" in line and "MiB" in line)
+    assert f"exact: {pixels / 2**20:.1f} MiB" in next(line for line in lines if "exact:" in line and "MiB" in line)
+    last = dict(item.split("=") for item in lines[-1].split())
+    assert list(last)[:4] == ["old_clips_s_core", "exact_clips_s_core", "fast_clips_s_core", "fast_speedup"]
+    assert float(last["fast_speedup"]) == pytest.approx(results["fast", 0] / results["old", 0], rel=0.01)
