@@ -222,3 +222,39 @@ def test_bench_loader_compares_old_exact_and_fast_paths(capsys):
     last = dict(item.split("=") for item in lines[-1].split())
     assert list(last)[:4] == ["old_clips_s_core", "exact_clips_s_core", "fast_clips_s_core", "fast_speedup"]
     assert float(last["fast_speedup"]) == pytest.approx(results["fast", 0] / results["old", 0], rel=0.01)
+
+
+def test_loader_flags_reach_training_and_evaluation_loaders(small_data, tmp_path, monkeypatch, expect_error):
+    import lpr4m_embedding_eval
+    from utils.eval import features
+    from utils.train import trainer
+
+    seen = []
+
+    def recording(module):
+        real = module.DataLoader
+
+        def spy(*args, **kwargs):
+            seen.append((module.__name__, {k: kwargs.get(k) for k in ("num_workers", "prefetch_factor",
+                                                                        "persistent_workers")}))
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(module, "DataLoader", spy)
+
+    recording(trainer)
+    recording(features)
+    run = _train(small_data, tmp_path / "run", "--max_steps", "1", "--num_workers", "1", "--prefetch_factor", "3",
+                 "--persistent_workers")
+    assert seen == [("utils.train.trainer", {"num_workers": 1, "prefetch_factor": 3, "persistent_workers": True})]
+    seen.clear()
+    eval_args = ["--data_root", str(small_data / "lpr4m"), "--ckpt_path", run["model_path"], "--output_dir",
+                 str(tmp_path / "eval"), "--embedding_sim", "--no_progress"]
+    lpr4m_embedding_eval.main([*eval_args, "--num_workers", "1", "--prefetch_factor", "3"])
+    assert seen == [("utils.eval.features", {"num_workers": 1, "prefetch_factor": 3, "persistent_workers": False})] * 2
+    seen.clear()
+    lpr4m_embedding_eval.main([*eval_args, "--num_workers", "0", "--prefetch_factor", "3"])  # no workers: unused
+    assert seen == [("utils.eval.features", {"num_workers": 0, "prefetch_factor": None, "persistent_workers": None})] * 2
+    with expect_error("--prefetch_factor must be >= 1, got 0"):
+        lpr4m_embedding_eval.main([*eval_args, "--prefetch_factor", "0"])
+    with expect_error("--prefetch_factor must be >= 1, got 0"):
+        _train(small_data, tmp_path / "bad", "--prefetch_factor", "0")
