@@ -14,9 +14,11 @@ images, quality 90) in a temporary folder and reads them with the training datas
 Each is timed with 0 workers (the process itself decodes: one core does everything) and
 1 worker (one core decodes; batches cross shared memory to the main process). torch uses one
 thread, so every figure is per core. Also printed: the bytes of one batch, which is what a
-worker puts in shared memory per batch, for fp32 and uint8. The LAST line holds the figures
-with 1 worker (or 0 if only that was measured):
+worker puts in shared memory per batch, for fp32 and uint8, and what starting a worker adds to
+an epoch's first batch (what `--persistent_workers` saves per epoch). The LAST line holds the
+figures with 1 worker (or 0 if only that was measured):
     old_clips_s_core=... exact_clips_s_core=... fast_clips_s_core=... fast_speedup=... exact_speedup=...
+    workers=1 worker_start_s=...
 
 Sources: "files" (the JPEG files themselves). Another source (e.g. tar shards) plugs in as one
 function in SOURCES that returns a map-style dataset of the same items for a transform.
@@ -111,6 +113,24 @@ def clips_per_second(dataset, workers: int, batch_size: int, batches: int) -> tu
     return n / (time.perf_counter() - start), nbytes
 
 
+def second_epoch_start(dataset, persistent: bool, batch_size: int, repeats: int = 3) -> float:
+    """Seconds from a new epoch's iterator to its first batch, 1 worker, epochs of one batch: with
+    fresh workers this includes starting a worker, with persistent ones it does not."""
+    from torch.utils.data import DataLoader, Subset
+
+    from dataloaders.datasets import collate_samples
+
+    loader = DataLoader(Subset(dataset, range(batch_size)), batch_size=batch_size, num_workers=1,
+                        persistent_workers=persistent, collate_fn=collate_samples)
+    list(loader)  # the first epoch
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        list(loader)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--clips", type=int, default=32, help="distinct clips written (10 frames + 1 shop image each)")
@@ -140,6 +160,10 @@ def main(argv=None):
                 results[path, w], batch_bytes[path] = clips_per_second(dataset, w, args.batch_size, args.batches)
                 print(f"workers={w} {path:5s}: {results[path, w]:7.1f} clips/s per core "
                       f"({11 * results[path, w]:6.0f} images/s)")
+        starts = {persistent: second_epoch_start(SOURCES[args.source](args, clips, build_transform_for(
+            "exact", args.style, args.image_size)), persistent, args.batch_size) for persistent in (False, True)}
+    print(f"an epoch's first batch, 1 worker: {starts[False]:.3f} s with a new worker, {starts[True]:.3f} s with "
+          f"--persistent_workers (a worker's start: {starts[False] - starts[True]:.3f} s)")
     for path in PATHS:
         print(f"batch of {args.batch_size} clips, {path:5s}: {batch_bytes[path] / 2**20:.1f} MiB in shared memory")
     b, s = 48, args.image_size  # the README's rank-batch: 48 clips x (10 frames + 1 image)
@@ -148,7 +172,8 @@ def main(argv=None):
     w = 1 if 1 in args.workers else 0
     old, exact, fast = (results[path, w] for path in PATHS)
     print(f"old_clips_s_core={old:.1f} exact_clips_s_core={exact:.1f} fast_clips_s_core={fast:.1f} "
-          f"fast_speedup={fast / old:.2f} exact_speedup={exact / old:.2f} workers={w}")
+          f"fast_speedup={fast / old:.2f} exact_speedup={exact / old:.2f} workers={w} "
+          f"worker_start_s={starts[False] - starts[True]:.3f}")
     return results
 
 

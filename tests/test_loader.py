@@ -37,13 +37,15 @@ def test_photo_like_frames_compress_like_livestream_frames(clips):
 def test_tv_decode_stays_within_one_grey_level_of_exact(clips, tmp_path, style, train):
     """`--decode tv` (torchvision decode + uint8 resize) against the exact PIL path: same crop and flip
     draws, every pixel within 1 grey level, almost all equal (an off-by-one crop would move many)."""
-    grey, png = tmp_path / "grey.jpg", tmp_path / "shop.png"
+    grey, cmyk, progressive, png = (tmp_path / name for name in ("grey.jpg", "cmyk.jpg", "prog.jpg", "shop.png"))
     Image.open(clips[0][0][0]).convert("L").save(grey, quality=90)
+    Image.open(clips[0][0][1]).convert("CMYK").save(cmyk, quality=90)  # decoded by PIL in every mode
+    Image.open(clips[0][0][2]).save(progressive, quality=90, progressive=True)
     Image.open(clips[0][1]).save(png)
     exact = build_transform(style, train, 64)
     tv = build_transform(style, train, 64, decode="tv")
     assert tv.decode == "tv" and "decode='tv'" in repr(tv)
-    for path in [*clips[0][0], clips[0][1], str(grey), str(png)]:
+    for path in [*clips[0][0], clips[0][1], str(grey), str(cmyk), str(progressive), str(png)]:
         for seed in range(3):
             a = exact.read(path, np.random.default_rng(seed)).int()
             b = tv.read(path, np.random.default_rng(seed))
