@@ -89,16 +89,15 @@ class _Logged(Dataset):
         return index
 
 
-def _loaded(log, settle=0.5, timeout=20.0):
-    """How many items the workers loaded, once the count stopped growing."""
-    start, count = time.monotonic(), -1
-    while time.monotonic() - start < timeout:
-        time.sleep(settle)
-        now = len(log.read_text().split()) if log.exists() else 0
-        if now == count and now > 0:
-            return now
-        count = now
-    return count
+def _loaded(log, expected, settle=0.5, timeout=30.0):
+    """How many items the workers loaded: once `expected` are there (or at the timeout), plus any
+    that come within `settle` seconds more."""
+    count = lambda: len(log.read_text().split()) if log.exists() else 0  # noqa: E731
+    deadline = time.monotonic() + timeout
+    while count() < expected and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(settle)
+    return count()
 
 
 @pytest.mark.parametrize("prefetch", [1, 3])
@@ -107,7 +106,7 @@ def test_prefetch_factor_sets_how_many_batches_a_worker_prepares_ahead(tmp_path,
     log = tmp_path / "loaded.txt"
     loader = DataLoader(_Logged(log), batch_size=4, **loader_options(1, prefetch))
     it = iter(loader)
-    assert _loaded(log) == prefetch * 4
+    assert _loaded(log, prefetch * 4) == prefetch * 4
     assert next(it).tolist() == [0, 1, 2, 3]
     del it
 
