@@ -12,8 +12,8 @@ global torch RNG).
 Decoding (`--decode`, docs/data.md#decoding): "exact" (the default) decodes the whole file with
 PIL and resizes with PIL, as the releases do; "draft" lets PIL decode large JPEGs at a reduced DCT
 scale; "tv" decodes with torchvision (libjpeg-turbo; other formats through PIL) and resizes the
-uint8 tensor with torchvision's antialiased kernels (within 1 grey level of PIL's resize, several
-times faster). The random crop and flip draw the same numbers in every mode.
+uint8 tensor with torchvision's antialiased kernels (within 1 grey level of PIL's resize and
+several times faster than it). The random crop and flip draw the same numbers in every mode.
 """
 import io
 import warnings

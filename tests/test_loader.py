@@ -54,6 +54,10 @@ def test_tv_decode_stays_within_one_grey_level_of_exact(clips, tmp_path, style, 
             assert diff.max() <= 1 and diff.float().mean() < 0.05, (path, seed)
     with pytest.raises(ValueError, match="unknown decode mode"):
         build_transform("v1", False, 64, decode="nvjpeg")
+    from dataloaders.transforms import DECODE_CHOICES
+    from utils.options import DECODE_CHOICES as FLAG_CHOICES  # the torch-free copy the flags offer
+
+    assert FLAG_CHOICES == DECODE_CHOICES
 
 
 def test_tv_decode_skips_unreadable_files_like_exact(clips, tmp_path):

@@ -68,7 +68,7 @@ def add_fast_decode(group) -> None:
     group.add_argument("--decode", choices=DECODE_CHOICES, default=None,
                        help="exact (default): decode every image whole and resize with PIL, the releases' pixels; "
                        "draft: large JPEGs at a reduced DCT scale (PIL draft mode); tv: torchvision's JPEG decoder "
-                       "and uint8 antialiased resize, several times faster, within 1 grey level of exact. "
+                       "and uint8 antialiased resize: faster, within 1 grey level of exact. "
                        "Measured effects: docs/data.md#decoding")
     group.add_argument("--fast_decode", action="store_true", help="the same as --decode draft")
 
