@@ -58,10 +58,10 @@ def benchmarks(device: str, precisions: list[str]) -> list[tuple[str, list[str]]
          ["bench_train.py", "--device", device, "--configs", *train_configs]),
         ("Feature extraction and PMD scoring, ViT-B/32",
          ["bench_extract.py", "--device", device, "--precisions", *precisions]),
-        ("Training loader: 10 frames + 1 image per sample, 224 px",
+        ("Training loader per core, photo-like 256-px JPEGs: before uint8 batches vs exact vs --decode tv",
          ["bench_loader.py"]),
-        ("JPEG decoding: exact (default) vs --fast_decode (draft mode), one thread",
-         ["bench_decode.py"]),
+        ("Decoding: exact (default) vs --decode draft vs --decode tv, one thread; R@K per mode",
+         ["bench_decode.py", "--recall"]),
         ("Ranking at LPR4M and MovingFashion test scale (random features)",
          ["bench_ranking.py"]),
     ]

@@ -15,8 +15,10 @@ trainer feeds every batch to a `SkipReport`, which logs counts and a few example
 per epoch.
 
 Training randomness (frame tail drop, v2 crop/flip) comes from a numpy Generator seeded by
-(seed, epoch, index): batches are identical across runs and across worker counts. Call
-`set_epoch(epoch)` before building each epoch's iterator (non-persistent workers).
+(seed, epoch, index): batches are identical across runs and across worker counts. The epoch
+travels with the key: a sampler that yields (epoch, index) pairs (the trainer's
+`EpochSampler(keyed=True)`) reaches workers that live across epochs (`persistent_workers`);
+a plain int key uses the epoch of `set_epoch`, which only reaches workers started after it.
 """
 import logging
 
@@ -27,7 +29,7 @@ from torch.utils.data import Dataset
 
 from .records import GalleryImage, Query, TrainPair
 from .sampling import eval_frame_indices, pad_frames, train_frame_indices
-from .transforms import ImageTransform, load_rgb
+from .transforms import ImageTransform
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +37,7 @@ logger = logging.getLogger(__name__)
 def _read(path: str, transform: ImageTransform, rng, skipped: list[str]):
     """Decode and transform one file; on failure record the path and return None."""
     try:
-        return transform(load_rgb(path, transform.decode_size), rng)
+        return transform.read(path, rng)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
         # missing, truncated, not an image, or over PIL's pixel limit (a decompression bomb)
         skipped.append(path)
@@ -72,9 +74,9 @@ class PairDataset(Dataset):
     def __len__(self):
         return len(self.pairs)
 
-    def _load(self, index: int, skipped: list[str]):
+    def _load(self, index: int, epoch: int, skipped: list[str]):
         pair = self.pairs[index]
-        rng = np.random.default_rng((self.seed, self.epoch, index))
+        rng = np.random.default_rng((self.seed, epoch, index))
         n = len(pair.frame_paths)
         chosen = train_frame_indices(n, self.max_frames, rng)
         image = _read(pair.image_path, self.image_transform, rng, skipped)
@@ -87,11 +89,13 @@ class PairDataset(Dataset):
         frames, mask = pad_frames(frames, self.max_frames, _frame_shape(self.frame_transform))
         return {"image": image, "frames": frames, "frame_mask": mask, "index": index}
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        """`key`: a sample index (epoch from `set_epoch`) or an (epoch, index) pair."""
+        epoch, index = key if isinstance(key, tuple) else (self.epoch, key)
         skipped: list[str] = []
         for attempt in range(self.max_replacements + 1):
             candidate = (index + attempt) % len(self.pairs)
-            item = self._load(candidate, skipped)
+            item = self._load(candidate, epoch, skipped)
             if item is not None:
                 item["skipped"], item["replaced"] = skipped, int(attempt > 0)
                 return item
@@ -138,6 +142,17 @@ class ImageDataset(Dataset):
         if not ok:
             image = torch.zeros(_frame_shape(self.transform), dtype=torch.uint8)
         return {"image": image, "index": index, "ok": ok, "skipped": skipped}
+
+
+def loader_options(num_workers: int, prefetch_factor: int | None = None, persistent_workers: bool = False) -> dict:
+    """DataLoader keyword arguments for the worker flags (`--num_workers`, `--prefetch_factor`,
+    `--persistent_workers`); the last two mean nothing without workers and are dropped then."""
+    options = {"num_workers": num_workers}
+    if num_workers > 0:
+        options["persistent_workers"] = persistent_workers
+        if prefetch_factor is not None:
+            options["prefetch_factor"] = prefetch_factor
+    return options
 
 
 def collate_samples(items: list[dict]) -> dict:

@@ -13,8 +13,6 @@ position, so a resumed run continues exactly.
 """
 from __future__ import annotations
 
-import io
-
 import numpy as np
 from PIL import Image
 from torch.utils.data import Sampler
@@ -22,13 +20,13 @@ from torch.utils.data import Sampler
 from .datasets import PairDataset
 from .sampling import pad_frames, train_frame_indices
 from .shard_format import SLOT_SHOP, ShardReadError, ShardSet, member_name, read_member
-from .transforms import ImageTransform, load_rgb
+from .transforms import ImageTransform
 
 
 def decode_member(data: bytes, where: str, transform: ImageTransform, rng, skipped: list[str]):
     """Decode and transform member bytes as `datasets._read` does a file; None (recorded) on failure."""
     try:
-        return transform(load_rgb(io.BytesIO(data), transform.decode_size), rng)
+        return transform.read(data, rng)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
         skipped.append(f"{where} (cannot decode)")
         return None
@@ -52,13 +50,13 @@ class ShardPairDataset(PairDataset):
             return None
         return decode_member(data, f"{path}:{member_name(row, slot)}", transform, rng, skipped)
 
-    def _load(self, index: int, skipped: list[str]):
+    def _load(self, index: int, epoch: int, skipped: list[str]):
         try:
             path, fd, members, n, row = self.pairs.sample(index)
         except ShardReadError as err:
             skipped.append(str(err))
             return None
-        rng = np.random.default_rng((self.seed, self.epoch, row))
+        rng = np.random.default_rng((self.seed, epoch, row))
         chosen = train_frame_indices(n, self.max_frames, rng)
         image = self._member(path, fd, members, row, SLOT_SHOP, self.image_transform, rng, skipped)
         if image is None:
@@ -97,13 +95,16 @@ class ShardSampler(Sampler):
 
     Global batch k is positions [k·B, (k+1)·B) of `shard_epoch_order`, B = world_size ·
     local_batch; rank r takes the slice [r·L, (r+1)·L) of each; the tail that does not fill
-    a global batch is left out (as `utils.train.engine.EpochSampler`).
+    a global batch is left out; with `keyed=True` it yields (epoch, index) pairs (as
+    `utils.train.engine.EpochSampler`).
     """
 
-    def __init__(self, sizes, world_size: int, rank: int, local_batch: int, seed: int, window: int):
+    def __init__(self, sizes, world_size: int, rank: int, local_batch: int, seed: int, window: int,
+                 keyed: bool = False):
         self.sizes = np.asarray(sizes, np.int64)
         self.size = int(self.sizes.sum())
         self.rank, self.local_batch, self.seed, self.window = rank, local_batch, seed, window
+        self.keyed = keyed
         self.global_batch = world_size * local_batch
         self.batches_per_epoch = self.size // self.global_batch
         self.epoch, self.start = 0, 0
@@ -119,6 +120,9 @@ class ShardSampler(Sampler):
         batches = self.batches_left()
         mine = order[self.start:self.start + batches * self.global_batch].reshape(batches, self.global_batch)
         mine = mine[:, self.rank * self.local_batch:(self.rank + 1) * self.local_batch].reshape(-1)
+        if self.keyed:
+            epoch = self.epoch
+            return ((epoch, int(i)) for i in mine)
         return (int(i) for i in mine)
 
     def __len__(self) -> int:

@@ -383,7 +383,7 @@ def test_resume_with_other_model_flags_is_a_clear_error(small_data, tmp_path, ex
              str(tmp_path / "icl" / "checkpoints" / "last.pt"), steps=2)
 
 
-def test_fast_decode_flag_reaches_the_transforms(small_data, tmp_path, monkeypatch):
+def test_decode_flags_reach_the_transforms(small_data, tmp_path, monkeypatch, expect_error):
     import lpr4m_embedding_eval
     from utils.eval import retrieval
 
@@ -393,7 +393,7 @@ def test_fast_decode_flag_reaches_the_transforms(small_data, tmp_path, monkeypat
         real = module.build_transform
 
         def spy(*args, **kwargs):
-            seen.append((module.__name__, kwargs.get("fast_decode", False)))
+            seen.append((module.__name__, kwargs.get("decode")))
             return real(*args, **kwargs)
 
         monkeypatch.setattr(module, "build_transform", spy)
@@ -401,11 +401,14 @@ def test_fast_decode_flag_reaches_the_transforms(small_data, tmp_path, monkeypat
     recording(trainer)
     recording(retrieval)
     fast = _run(small_data, tmp_path / "fast", "--fast_decode", steps=1)
+    _run(small_data, tmp_path / "tv", "--decode", "tv", steps=1)
     _run(small_data, tmp_path / "exact", steps=1)
-    assert seen == [("utils.train.trainer", True), ("utils.train.trainer", False)]
+    assert seen == [("utils.train.trainer", "draft"), ("utils.train.trainer", "tv"), ("utils.train.trainer", "exact")]
     seen.clear()
-    for flags in (["--fast_decode"], []):
+    for flags in (["--fast_decode"], ["--decode", "tv"], []):
         lpr4m_embedding_eval.main(["--data_root", str(small_data / "lpr4m"), "--ckpt_path", fast["model_path"],
                                    "--output_dir", str(tmp_path / "eval"), "--embedding_sim", "--num_workers", "0",
                                    "--no_progress", *flags])
-    assert seen == [("utils.eval.retrieval", True), ("utils.eval.retrieval", False)]
+    assert seen == [("utils.eval.retrieval", "draft"), ("utils.eval.retrieval", "tv"), ("utils.eval.retrieval", "exact")]
+    with expect_error("--fast_decode means --decode draft; it contradicts --decode tv"):
+        _run(small_data, tmp_path / "both", "--fast_decode", "--decode", "tv", steps=1)

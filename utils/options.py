@@ -59,12 +59,40 @@ def add_model_args(parser: argparse.ArgumentParser, title: str):
     return model
 
 
+DECODE_CHOICES = ("exact", "draft", "tv")  # dataloaders/transforms.py (no torch import here)
+
+
 def add_fast_decode(group) -> None:
-    """`--fast_decode`, the opt-in JPEG draft-mode decoding (training and evaluation alike)."""
-    group.add_argument("--fast_decode", action="store_true",
-                       help="decode large JPEGs at a reduced DCT scale (PIL draft mode) before the resize: faster "
-                       "loading, but not the releases' pixels (README, 'Speed and memory': its measured effect). "
-                       "Default: every image is decoded whole")
+    """`--decode` (exact, or an opt-in faster decode/resize) and its older spelling `--fast_decode`
+    (= `--decode draft`), for training and evaluation alike. `parse` folds them into args.decode."""
+    group.add_argument("--decode", choices=DECODE_CHOICES, default=None,
+                       help="exact (default): decode every image whole and resize with PIL, the releases' pixels; "
+                       "draft: large JPEGs at a reduced DCT scale (PIL draft mode); tv: torchvision's JPEG decoder "
+                       "and uint8 antialiased resize: faster, within 1 grey level of exact. "
+                       "Measured effects: docs/data.md#decoding")
+    group.add_argument("--fast_decode", action="store_true", help="the same as --decode draft")
+
+
+def resolve_decode(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """args.decode from --decode and --fast_decode (a usage error when they disagree)."""
+    if not hasattr(args, "decode"):
+        return
+    if args.fast_decode and args.decode not in (None, "draft"):
+        parser.error(f"--fast_decode means --decode draft; it contradicts --decode {args.decode} (give one of them)")
+    args.decode = "draft" if args.fast_decode else (args.decode or "exact")
+
+
+def add_loader_args(group, training: bool) -> None:
+    """DataLoader flags beside --num_workers: `--prefetch_factor`, and for training `--persistent_workers`."""
+    group.add_argument("--prefetch_factor", type=int, default=None,
+                       help="batches each data-loading worker prepares ahead (default: PyTorch's 2); more smooths "
+                       "uneven decode times at the cost of shared memory (README, 'Containers and shared memory'); "
+                       "ignored with --num_workers 0")
+    if training:
+        group.add_argument("--persistent_workers", action="store_true",
+                           help="keep the data-loading workers from one epoch to the next instead of starting new "
+                           "ones (the same batches either way; docs/training.md#data-loading); ignored with "
+                           "--num_workers 0")
 
 
 def load_config(parser: argparse.ArgumentParser, path: str) -> dict:
@@ -105,6 +133,7 @@ def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.N
     if pre.row:
         parser.set_defaults(**ROWS[pre.row])
     args = parser.parse_args(argv)
+    resolve_decode(parser, args)
     try:
         check_heads(args.sim_header, args.recons_feat)
     except ConfigError as err:

@@ -22,6 +22,7 @@ from utils.errors import DataError, one_line_errors
 from utils.options import (
     HelpFormatter,
     add_fast_decode,
+    add_loader_args,
     add_model_args,
     check_at_least,
     check_writable,
@@ -73,6 +74,7 @@ def build_parser(dataset: str) -> argparse.ArgumentParser:
     run.add_argument("--num_workers", type=int, default=None,
                      help="data loading processes per evaluation process (default: the CPUs this process may use, "
                      "shared among the processes of its machine, less one; at most 8)")
+    add_loader_args(run, training=False)
     run.add_argument("--save_features", action="store_true",
                      help="also write features.npz (query/gallery ids and L2-normalised features)")
     run.add_argument("--no_progress", action="store_true", help="no tqdm progress bars")
@@ -82,7 +84,7 @@ def build_parser(dataset: str) -> argparse.ArgumentParser:
 def parse_args(dataset: str, argv: list[str] | None) -> argparse.Namespace:
     parser = build_parser(dataset)
     args = parse(parser, argv)
-    check_at_least(parser, args, 1, ("n_gpu", "batch_size", "max_frames", "rerank_topk"))
+    check_at_least(parser, args, 1, ("n_gpu", "batch_size", "max_frames", "rerank_topk", "prefetch_factor"))
     check_at_least(parser, args, 0, ("num_workers",))
     resolve_num_workers(args)
     return args
@@ -121,7 +123,8 @@ def evaluate(args: argparse.Namespace, dataset: str, runtime) -> dict | None:
                         "images; check --data_root")
     found = retrieve(model, split, runtime, max_frames=args.max_frames, batch_size=args.batch_size,
                      num_workers=args.num_workers, rerank_topk=args.rerank_topk if do_rerank else None,
-                     where=args.data_root, fast_decode=args.fast_decode)
+                     where=args.data_root, decode=args.decode,
+                     prefetch_factor=args.prefetch_factor)
     if not runtime.is_main:
         return None
     info = {"dataset": dataset, "checkpoint": str(ckpt.path), "checkpoint_format": ckpt.format,

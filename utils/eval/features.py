@@ -18,7 +18,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
-from dataloaders.datasets import collate_samples
+from dataloaders.datasets import collate_samples, loader_options
 from utils.runtime.distributed import Runtime
 
 
@@ -65,6 +65,7 @@ def extract_features(
     batch_size: int,
     num_workers: int,
     desc: str,
+    prefetch_factor: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """Encode a dataset once across all processes.
 
@@ -73,6 +74,8 @@ def extract_features(
         encode: batch dict -> (features [b, D] float, valid [b] bool); runs
             under the runtime's autocast and no_grad.
         desc: label of the progress bar (shown on the main process).
+        prefetch_factor: batches each loading worker prepares ahead (None: PyTorch's default).
+            Each loader here runs once, so persistent workers would change nothing.
     Returns:
         features [N, D] float32 and valid [N] bool, in dataset order, on the
         CPU, identical on every process; and the files the items could not
@@ -80,8 +83,8 @@ def extract_features(
     """
     share = list(range(runtime.rank, len(dataset), runtime.world_size))
     loader = DataLoader(
-        Subset(dataset, share), batch_size=batch_size, shuffle=False, num_workers=num_workers,
-        collate_fn=collate_samples
+        Subset(dataset, share), batch_size=batch_size, shuffle=False, collate_fn=collate_samples,
+        **loader_options(num_workers, prefetch_factor),
     )
     indices, features, valid, skipped = [], [], [], []
     bar = tqdm(loader, desc=desc, unit="batch", disable=not (runtime.progress and runtime.is_main))

@@ -47,18 +47,19 @@ class Retrieval:
 @torch.no_grad()
 def retrieve(model: RICEModel, split: RetrievalSplit, runtime: Runtime, *, max_frames: int, batch_size: int,
              num_workers: int, rerank_topk: int | None = None, where: str = "",
-             fast_decode: bool = False) -> Retrieval:
+             decode: str = "exact", prefetch_factor: int | None = None) -> Retrieval:
     """Encode a split's queries and gallery, rank, and optionally re-rank the top K with PMD.
 
     Runs in every process of the group (the encoding is split between them);
     the results are the same on all. Pass the model in eval mode (dropout
     off). The preprocessing is the one the model was trained or released with
-    (`RICEConfig.preprocessing`), on whole decoded images unless `fast_decode`.
+    (`RICEConfig.preprocessing`), decoded as `decode` says (exact: whole images,
+    PIL resize; dataloaders/transforms.py). `prefetch_factor`: batches each loading worker prepares ahead.
     `where` names the data in error messages.
     """
     config = model.config
     transform = build_transform(config.preprocessing, train=False, image_size=config.vision.image_size,
-                                fast_decode=fast_decode)
+                                decode=decode)
     # Encode each distinct image file once, whatever the galleries that list it.
     image_number: dict[str, int] = {}
     image_of_gallery = np.array([image_number.setdefault(g.path, len(image_number)) for g in split.gallery])
@@ -77,9 +78,10 @@ def retrieve(model: RICEModel, split: RetrievalSplit, runtime: Runtime, *, max_f
 
     image_feats, image_ok, bad_images = extract_features(images, encode_images, runtime,
                                                          batch_size=batch_size * max_frames, num_workers=num_workers,
-                                                         desc="gallery")
+                                                         desc="gallery", prefetch_factor=prefetch_factor)
     query_feats, query_ok, bad_frames = extract_features(clips, encode_clips, runtime, batch_size=batch_size,
-                                                         num_workers=num_workers, desc="queries")
+                                                         num_workers=num_workers, desc="queries",
+                                                         prefetch_factor=prefetch_factor)
     unreadable = {"gallery images": bad_images, "query frames": bad_frames}
     _report_unreadable(unreadable, int((~query_ok).sum()), runtime, where)
 

@@ -32,10 +32,16 @@ class EpochSampler(Sampler):
     The place in an epoch is a number of samples, not of batches: a run
     resumed with another batch size or process count goes on with exactly the
     samples the interrupted run had not seen yet.
+
+    With `keyed=True` it yields (epoch, index) pairs, so the epoch reaches
+    DataLoader workers that outlive an epoch (`--persistent_workers`) with
+    every index (`PairDataset` takes such keys).
     """
 
-    def __init__(self, dataset_size: int, world_size: int, rank: int, local_batch: int, seed: int):
+    def __init__(self, dataset_size: int, world_size: int, rank: int, local_batch: int, seed: int,
+                 keyed: bool = False):
         self.size, self.rank, self.local_batch, self.seed = dataset_size, rank, local_batch, seed
+        self.keyed = keyed
         self.global_batch = world_size * local_batch
         self.batches_per_epoch = dataset_size // self.global_batch  # of a whole epoch
         self.epoch, self.start = 0, 0
@@ -54,6 +60,9 @@ class EpochSampler(Sampler):
         batches = self.batches_left()
         mine = order[self.start:self.start + batches * self.global_batch].reshape(batches, self.global_batch)
         mine = mine[:, self.rank * self.local_batch:(self.rank + 1) * self.local_batch].reshape(-1)
+        if self.keyed:
+            epoch = self.epoch
+            return ((epoch, int(i)) for i in mine)
         return (int(i) for i in mine)
 
     def __len__(self) -> int:

@@ -16,7 +16,15 @@ from pathlib import Path
 
 from dataloaders.registry import DATASETS
 from modules.config import STYLES, VISION_CONFIGS
-from utils.options import HelpFormatter, add_fast_decode, add_model_args, check_at_least, parse, resolve_num_workers
+from utils.options import (
+    HelpFormatter,
+    add_fast_decode,
+    add_loader_args,
+    add_model_args,
+    check_at_least,
+    parse,
+    resolve_num_workers,
+)
 from utils.runtime.precision import PRECISIONS
 
 
@@ -53,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--num_workers", type=int, default=None,
                       help="data-loading processes per training process (default: the CPUs this process may use, "
                       "shared among the processes of its machine, less one; at most 8)")
+    add_loader_args(data, training=True)
 
     model = add_model_args(p, "model (the README rows: docs/method.md)")
     model.add_argument("--model_config", choices=sorted(VISION_CONFIGS), default="ViT-B/32",
@@ -124,6 +133,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Flag combinations that can never work, reported as a usage error."""
+    check_at_least(parser, args, 1, ("prefetch_factor",))
     check_at_least(parser, args, 1, ("max_frames", "batch_size", "gradient_accumulation_steps", "epochs",
                                      "log_every_steps", "max_steps", "val_max_queries", "n_gpu"))
     check_at_least(parser, args, 0, ("num_workers", "save_every_steps", "keep_checkpoints", "lr", "coef_lr",

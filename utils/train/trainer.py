@@ -23,7 +23,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from dataloaders.datasets import PairDataset, SkipReport, collate_samples
+from dataloaders.datasets import PairDataset, SkipReport, collate_samples, loader_options
 from dataloaders.registry import DATASETS
 from dataloaders.shard_format import ShardSet
 from dataloaders.shards import ShardPairDataset, ShardSampler
@@ -100,15 +100,17 @@ class Trainer:
         torch.manual_seed(args.seed)
         self.model = build_model(args).to(runtime.device)
         size = self.model.config.vision.image_size
-        transform = build_transform(args.transform_style, True, size, fast_decode=args.fast_decode)
+        transform = build_transform(args.transform_style, True, size, decode=args.decode)
+        # Keyed by (epoch, index): the epoch reaches workers that live across epochs (--persistent_workers).
         if shards:  # the same items; the order shuffles shards, then samples within windows of shards
             self.dataset = ShardPairDataset(pairs, transform, transform, max_frames=args.max_frames, seed=args.seed)
             self.sampler = ShardSampler(pairs.sizes, runtime.world_size, runtime.rank, self.local_batch, args.seed,
-                                        args.shard_shuffle_window)
+                                        args.shard_shuffle_window, keyed=True)
         else:
             self.dataset = PairDataset(pairs, transform, transform, max_frames=args.max_frames, seed=args.seed)
             self.sampler = EpochSampler(len(self.dataset), runtime.world_size, runtime.rank, self.local_batch,
-                                        args.seed)
+                                        args.seed, keyed=True)
+        self.loader = None  # with --persistent_workers: one DataLoader (and its workers) for every epoch
         self.steps_per_epoch = self.sampler.batches_per_epoch
         if self.steps_per_epoch == 0:
             raise DataError(f"{len(pairs)} training pairs do not fill one global batch of {args.batch_size}; "
@@ -201,12 +203,15 @@ class Trainer:
     def _train_epoch(self, stop: StopRequest) -> bool:
         """Train from the current place to the end of the epoch or of the run; True when the epoch ended."""
         args, runtime = self.args, self.runtime
-        self.dataset.set_epoch(self.epoch)
         self.sampler.set_epoch(self.epoch, self.sample_in_epoch)
-        loader = DataLoader(self.dataset, batch_size=self.local_batch, sampler=self.sampler,
-                            num_workers=args.num_workers, collate_fn=collate_samples, drop_last=True,
-                            pin_memory=runtime.device.type == "cuda",
-                            generator=torch.Generator().manual_seed(args.seed + self.epoch))
+        options = loader_options(args.num_workers, args.prefetch_factor, args.persistent_workers)
+        loader = self.loader  # the sampler is re-read by every new iteration of it
+        if loader is None:
+            loader = DataLoader(self.dataset, batch_size=self.local_batch, sampler=self.sampler,
+                                collate_fn=collate_samples, drop_last=True, pin_memory=runtime.device.type == "cuda",
+                                generator=torch.Generator().manual_seed(args.seed + self.epoch), **options)
+            if options.get("persistent_workers"):
+                self.loader = loader
         for batch in loader:
             set_lr(self.optimizer, self.step, self.total_steps, self.warmup_steps)
             losses = train_step(self.ddp, batch, self.optimizer, self.precision, args.gradient_accumulation_steps,
@@ -254,7 +259,7 @@ class Trainer:
         metrics = validate(self.model, self.val_split, replace(self.runtime, progress=False),
                            max_frames=args.max_frames, batch_size=max(self.local_batch, 1),
                            num_workers=args.num_workers, rerank=self.model.config.use_pmd and not args.one_stage,
-                           fast_decode=args.fast_decode)
+                           decode=args.decode, prefetch_factor=args.prefetch_factor)
         self.logger.log({"step": self.step, "epoch": self.epoch, "val": metrics["embedding"],
                          **({"val_reranked": metrics["reranked"]} if "reranked" in metrics else {})})
         self.validated_at = self.step
@@ -276,6 +281,7 @@ class Trainer:
                 atomic_save(state, self.ckpt_dir / LAST)
 
     def _finish(self) -> dict:
+        self.loader = None  # persistent workers end here
         if self.sample_in_epoch:  # the last epoch ended early: keep the exact place for a later resume
             self._save(self.ckpt_dir / LAST)
         model_path = self.out / "model.pt"

@@ -12,7 +12,8 @@ from utils.runtime.distributed import Runtime
 
 
 def validate(model, split: RetrievalSplit, runtime: Runtime, *, max_frames: int, batch_size: int,
-             num_workers: int, rerank: bool, rerank_topk: int = 5, fast_decode: bool = False) -> dict:
+             num_workers: int, rerank: bool, rerank_topk: int = 5, decode: str = "exact",
+             prefetch_factor: int | None = None) -> dict:
     """R1/R5/R10 (percent) by embedding and, with `rerank`, after PMD re-ranking of the top K.
 
     Every process of the group must call this. The model is evaluated with
@@ -23,7 +24,7 @@ def validate(model, split: RetrievalSplit, runtime: Runtime, *, max_frames: int,
     try:
         found = retrieve(model, split, runtime, max_frames=max_frames, batch_size=batch_size,
                          num_workers=num_workers, rerank_topk=rerank_topk if rerank else None, where="validation",
-                         fast_decode=fast_decode)
+                         decode=decode, prefetch_factor=prefetch_factor)
     finally:
         model.train(was_training)
     keep = ("R1", "R5", "R10")
