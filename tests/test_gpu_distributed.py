@@ -83,3 +83,47 @@ def test_ddp_bf16_compression_hook_gives_bf16_rounded_averages(ranks):
 
 def test_counts_are_summed_over_processes(ranks):
     assert [r["counts"] for r in ranks] == [[3, 1], [3, 1]]  # only rank 1 had any
+
+
+def test_skipped_files_are_summed_over_processes(small_data, tmp_path):
+    """Only rank 1 reads the one unreadable image: the log and the summary still count it (not rank 0's 0)."""
+    import shutil
+    from collections import Counter
+
+    from dataloaders.registry import DATASETS
+    from utils.train.engine import EpochSampler
+    from utils.train.logs import read_log
+    from utils.train.params import parse_args
+
+    root = tmp_path / "lpr4m"
+    shutil.copytree(small_data / "lpr4m", root)
+    argv = ["--dataset", "lpr4m", "--data_root", str(root), "--model_config", "tiny", "--max_frames", "2",
+            "--batch_size", "8", "--max_steps", "2", "--num_workers", "0", "--log_every_steps", "1",
+            "--no_progress", "--no_tensorboard", "--device", "cpu", "--output_dir", str(tmp_path / "run")]
+    pairs = DATASETS["lpr4m"].load_train(root, parse_args(argv))
+    shares = [list(EpochSampler(len(pairs), 2, rank, 4, seed=42)) for rank in range(2)]  # steps 1, 2
+    read_by = [Counter(pairs[i].image_path for i in share[:8]) for share in shares]
+    bad = next(path for path in read_by[1] if path not in read_by[0])
+    Path(bad).write_bytes(b"not a JPEG")
+
+    def skips(index: int) -> int:  # the documented rule: an unreadable sample is replaced by the next one
+        count = 0
+        while pairs[index % len(pairs)].image_path == bad:
+            count, index = count + 1, index + 1
+        return count
+
+    per_step = [shares[1][step * 4:(step + 1) * 4] for step in range(2)]
+    expected = [sum(skips(i) for i in step) for step in per_step]
+    replaced = [sum(skips(i) > 0 for i in step) for step in per_step]
+    assert sum(expected) >= 1 and all(skips(i) == 0 for i in shares[0][:8])
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(name, None)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(ROOT / "lpr4m_train.py"), *argv]
+    proc = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    records = read_log(tmp_path / "run" / "log.jsonl")
+    assert [r["skipped_files"] for r in records] == expected
+    assert [r["replaced_samples"] for r in records] == replaced
+    assert f"train (all processes): {sum(expected)} unreadable files skipped" in proc.stderr
