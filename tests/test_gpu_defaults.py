@@ -113,3 +113,21 @@ def test_encoder_compiles_as_one_graph_forward_and_backward():
     torch.testing.assert_close(compiled(images)[0], eager(images)[0], rtol=1e-5, atol=1e-5)
     for (name, a), b in zip(eager.named_parameters(), compiled.parameters()):
         torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_evaluation_encodes_in_bf16_on_gpus_by_default(small_data, tmp_path):
+    import json
+
+    import lpr4m_embedding_eval
+    from utils.runtime.precision import eval_precision
+
+    cuda, cpu = torch.device("cuda", 0), torch.device("cpu")
+    assert (eval_precision(None, cuda), eval_precision(None, cpu)) == ("bf16", "fp32")
+    assert (eval_precision("fp32", cuda), eval_precision("bf16", cpu)) == ("fp32", "bf16")  # the flag wins
+    model = _run(small_data, tmp_path / "train")["model_path"]
+    common = ["--data_root", str(small_data / "lpr4m"), "--ckpt_path", model, "--num_workers", "0", "--no_progress",
+              "--embedding_sim"]
+    lpr4m_embedding_eval.main([*common, "--output_dir", str(tmp_path / "default")])
+    lpr4m_embedding_eval.main([*common, "--output_dir", str(tmp_path / "bf16"), "--precision", "bf16"])
+    flags = [json.loads((tmp_path / run / "metrics.json").read_text())["flags"] for run in ("default", "bf16")]
+    assert [f["precision"] for f in flags] == ["fp32", "bf16"]  # the CPU default, recorded as resolved

@@ -32,6 +32,17 @@ def check_precision(name: str, device: torch.device) -> None:
                           "use bf16 or fp32 on the CPU")
 
 
+def eval_precision(name: str | None, device: torch.device) -> str:
+    """The evaluation's encoder precision: `name` when given, else bf16 on a GPU and fp32 on the CPU.
+
+    Only the encoders run in bf16; the embeddings are kept, normalised and
+    compared in fp32, and PMD scores come out in fp32.
+    """
+    if name is not None:
+        return name
+    return "bf16" if device.type == "cuda" else "fp32"
+
+
 def autocast(name: str, device: torch.device):
     """Mixed-precision context for `name` on `device` (a no-op in fp32)."""
     if name == "fp32":
