@@ -131,3 +131,37 @@ def test_evaluation_encodes_in_bf16_on_gpus_by_default(small_data, tmp_path):
     lpr4m_embedding_eval.main([*common, "--output_dir", str(tmp_path / "bf16"), "--precision", "bf16"])
     flags = [json.loads((tmp_path / run / "metrics.json").read_text())["flags"] for run in ("default", "bf16")]
     assert [f["precision"] for f in flags] == ["fp32", "bf16"]  # the CPU default, recorded as resolved
+
+
+def test_srun_tasks_without_torchrun_are_refused(monkeypatch):
+    from utils.errors import ConfigError
+    from utils.runtime.distributed import init_distributed
+
+    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("SLURM_NTASKS", "8")
+    with pytest.raises(ConfigError, match="one of 8 SLURM tasks without torchrun"):
+        init_distributed("cpu")
+    monkeypatch.setenv("SLURM_NTASKS", "1")  # one task (e.g. srun running torchrun once per node): fine
+    assert init_distributed("cpu").world_size == 1
+
+
+def test_non_main_processes_never_copy_the_model_at_a_save(monkeypatch, tmp_path):
+    """Rank 1 contributes its RNG state only: no state_dict, no training state, no file."""
+    from types import SimpleNamespace
+
+    from utils.runtime.distributed import Runtime
+
+    class Untouchable:
+        def state_dict(self):
+            raise AssertionError("a non-main process copied the model or optimizer")
+
+    monkeypatch.setattr(trainer, "training_state", lambda *a, **k: Untouchable().state_dict())
+    fake = SimpleNamespace(runtime=Runtime(rank=1, world_size=2), model=Untouchable(), optimizer=Untouchable(),
+                           ckpt_dir=tmp_path, config_dict={}, args_dict={}, precision=None, step=1, epoch=0,
+                           sample_in_epoch=8)
+    trainer.Trainer._save(fake, tmp_path / "last.pt")
+    assert list(tmp_path.iterdir()) == []
+    fake.runtime = Runtime(rank=0, world_size=2)
+    with pytest.raises(AssertionError, match="copied the model"):  # the main process does copy
+        trainer.Trainer._save(fake, tmp_path / "last.pt")

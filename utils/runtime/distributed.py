@@ -179,12 +179,18 @@ def init_distributed(device: str | None = None, precision: str = "fp32", progres
     torchrun (single- or multi-node, any rendezvous) and `spawn` set RANK,
     LOCAL_RANK and WORLD_SIZE; the group is initialised from those with NCCL
     when the process has a GPU and gloo otherwise. Without them this is a
-    plain one-process run and no group is created. `device` ("cpu" or
+    plain one-process run and no group is created; a task of a multi-task
+    `srun` without torchrun is refused (each would train alone). `device` ("cpu" or
     "cuda") forces the device type. A collective that waits longer than
     `timeout_min` minutes (a process died, a node hangs) raises instead of
     blocking forever. On a GPU the group is bound to the process's device
     (`device_id`), so NCCL sets up its communicator at once.
     """
+    tasks = os.environ.get("SLURM_NTASKS", "1")
+    if "WORLD_SIZE" not in os.environ and tasks.isdigit() and int(tasks) > 1:
+        raise ConfigError(f"started as one of {tasks} SLURM tasks without torchrun: every task would train alone. "
+                          "Start one torchrun per node instead (srun --ntasks-per-node 1 torchrun --nnodes ... "
+                          "--nproc_per_node GPUS ...; docs/training.md#gpus-and-clusters)")
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
