@@ -211,7 +211,7 @@ class Trainer:
         for batch in loader:
             set_lr(self.optimizer, self.step, self.total_steps, self.warmup_steps)
             losses = train_step(self.ddp, batch, self.optimizer, self.precision, args.gradient_accumulation_steps,
-                                args.clip_grad_norm, runtime.device, grad_bf16=args.ddp_bf16_compress)
+                                args.clip_grad_norm, runtime.device, args.ddp_bf16_compress)
             self.step, self.sample_in_epoch = self.step + 1, self.sample_in_epoch + args.batch_size
             self.window_samples += args.batch_size
             self.report.update(batch)
