@@ -165,3 +165,35 @@ def test_non_main_processes_never_copy_the_model_at_a_save(monkeypatch, tmp_path
     fake.runtime = Runtime(rank=0, world_size=2)
     with pytest.raises(AssertionError, match="copied the model"):  # the main process does copy
         trainer.Trainer._save(fake, tmp_path / "last.pt")
+
+
+def test_ddp_is_built_with_bucket_views_and_the_bf16_hook_on_request(small_data, tmp_path, monkeypatch):
+    """The trainer's DDP wrapper (a one-process gloo group standing in for two processes)."""
+    import socket
+
+    import torch.distributed as dist
+
+    from utils.runtime.distributed import Runtime
+    from utils.train.params import parse_args
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    passed = []
+    real = trainer.train_step
+    monkeypatch.setattr(trainer, "train_step", lambda *args: passed.append(args[7]) or real(*args))
+    try:
+        for name, flags in (("plain", []), ("bf16", ["--ddp_bf16_compress", "--gradient_accumulation_steps", "2"])):
+            args = parse_args(["--dataset", "lpr4m", "--data_root", str(small_data / "lpr4m"), "--model_config",
+                               "tiny", "--max_frames", "2", "--batch_size", "8", "--max_steps", "1", "--num_workers",
+                               "0", "--no_progress", "--no_tensorboard", "--device", "cpu", "--output_dir",
+                               str(tmp_path / name), *flags])
+            run = trainer.Trainer(args, Runtime(world_size=2))
+            assert run.ddp.gradient_as_bucket_view
+            hooks = [hook.__qualname__ for hook, _ in run.ddp._comm_hooks]
+            assert hooks == (["bf16_compress_hook"] if flags else [])
+            run.run()
+        assert passed == [False, True]  # the gradient-cache path averages in bf16 too
+    finally:
+        dist.destroy_process_group()
