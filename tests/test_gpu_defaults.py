@@ -78,11 +78,14 @@ def test_gpu_flags_reach_the_run(small_data, tmp_path, monkeypatch):
     monkeypatch.setattr(VisionTransformer, "compile", lambda self, **kw: calls["compile"].append(kw), raising=False)
     result = _run(small_data, tmp_path / "on")
     assert calls == {"tf32": [True], "compile": []}  # TF32 on by default (a no-op on the CPU), no compile
+    _run(small_data, tmp_path / "compiled", "--compile")
+    assert calls["compile"] == [{"mode": "default"}]
+    calls["compile"].clear()
     records = read_log(tmp_path / "on" / "log.jsonl")
     assert all({"mem_mb", "rss_mb", "skipped_files", "replaced_samples"} <= set(r) for r in records)
     assert all(r["skipped_files"] == 0 and r["mem_mb"] > 0 for r in records)
     _run(small_data, tmp_path / "off", "--no_tf32", "--compile", "--compile_mode", "max-autotune")
-    assert calls["tf32"][1:] == [False] and calls["compile"] == [{"mode": "max-autotune"}]
+    assert calls["tf32"] == [True, True, False] and calls["compile"] == [{"mode": "max-autotune"}]
     saved = yaml.safe_load((tmp_path / "off" / "args.yaml").read_text())
     assert (saved["tf32"], saved["compile"], saved["compile_mode"]) == (False, True, "max-autotune")
     assert set(result["model"].state_dict()) == set(torch.load(tmp_path / "off" / "model.pt",
@@ -92,6 +95,7 @@ def test_gpu_flags_reach_the_run(small_data, tmp_path, monkeypatch):
 @pytest.mark.parametrize("flags, message", [
     (["--dist_timeout_min", "0"], "--dist_timeout_min must be > 0"),
     (["--compile_mode", "fast"], "invalid choice: 'fast'"),
+    (["--compile_mode", "max-autotune"], "--compile_mode max-autotune has no effect without --compile"),
 ])
 def test_bad_gpu_flags_are_usage_errors(small_data, tmp_path, expect_error, flags, message):
     with expect_error(message):

@@ -116,9 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     gpu.add_argument("--compile", action="store_true",
                      help="torch.compile the image encoder (the first steps are slow while it compiles; "
                      "numbers change by rounding only)")
-    gpu.add_argument("--compile_mode", choices=COMPILE_MODES, default="default",
-                     help="torch.compile mode with --compile (reduce-overhead: CUDA graphs; max-autotune: "
-                     "also tries more kernels, compiles much longer)")
+    gpu.add_argument("--compile_mode", choices=COMPILE_MODES, default=None,
+                     help="torch.compile mode with --compile (default: default; reduce-overhead: CUDA graphs; "
+                     "max-autotune: also tries more kernels, compiles much longer)")
     gpu.add_argument("--ddp_bf16_compress", action="store_true",
                      help="average gradients across processes in bf16 (half the traffic; the averages are "
                      "rounded to bf16, about 3 significant digits)")
@@ -142,6 +142,8 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
                                      "log_every_steps", "max_steps", "val_max_queries", "n_gpu"))
     check_at_least(parser, args, 0, ("num_workers", "save_every_steps", "keep_checkpoints", "lr", "coef_lr",
                                      "weight_decay", "clip_grad_norm"))
+    if args.compile_mode is not None and not args.compile:
+        parser.error(f"--compile_mode {args.compile_mode} has no effect without --compile; add --compile")
     if not args.dist_timeout_min > 0:
         parser.error(f"--dist_timeout_min must be > 0 minutes, got {args.dist_timeout_min}")
     if not 0.0 <= args.warmup_proportion < 1.0:

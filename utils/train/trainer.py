@@ -86,7 +86,7 @@ class Trainer:
         self.resumed_from = self._resume()
         self._check_same_place()
         if args.compile:  # in place: parameter names (and so checkpoints) stay as they are
-            self.model.visual.compile(mode=args.compile_mode)
+            self.model.visual.compile(mode=args.compile_mode or "default")
         self.ddp = self.model
         if runtime.world_size > 1:
             device_ids = [runtime.device.index] if runtime.device.type == "cuda" else None
