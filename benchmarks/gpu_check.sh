@@ -67,7 +67,7 @@ for precision in fp32 tf32 bf16 fp16; do
   config=$precision
   env=()
   if [ "$precision" = tf32 ]; then config=fp32; env=(TORCH_ALLOW_TF32_CUBLAS_OVERRIDE=1); fi
-  if part "train_$precision" 45 env "${env[@]}" "$PYTHON" benchmarks/bench_train.py --device cuda --batch 32 \
+  if part "train_$precision" 45 env ${env[@]+"${env[@]}"} "$PYTHON" benchmarks/bench_train.py --device cuda --batch 32 \
       --warmup 3 --steps 5 --configs "$config"; then
     row=$(grep -E "^$config " "$LOG/train_$precision.txt" | tail -n 1)
     figure "train_step_${precision}_pairs_per_s" "$(echo "$row" | awk '{print $3}')"
@@ -76,12 +76,12 @@ for precision in fp32 tf32 bf16 fp16; do
 done
 
 # 3. The encoder against timm, eager; then eager vs compiled for training.
-if part encoder 60 "$PYTHON" benchmarks/bench_encoder.py --device cuda --batch_size 256 --train_batch_size 128 \
-    --iters 10 --warmup 2 --precisions fp32 tf32 bf16 fp16; then
+if part encoder 90 "$PYTHON" benchmarks/bench_encoder.py --device cuda --batch_size 256 --train_batch_size 128 \
+    --iters 6 --warmup 2 --precisions fp32 tf32 bf16 fp16; then
   last_line_figures encoder encoder_
 fi
 if part encoder_compile 150 "$PYTHON" benchmarks/bench_encoder.py --device cuda --train_batch_size 128 \
-    --iters 10 --warmup 2 --modes train --precisions fp32 bf16 --compile; then
+    --iters 6 --warmup 2 --modes train --precisions fp32 bf16 --compile; then
   last_line_figures encoder_compile encoder_compile_
 fi
 
