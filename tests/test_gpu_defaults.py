@@ -143,10 +143,13 @@ def test_srun_tasks_without_torchrun_are_refused(monkeypatch):
 
     for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE"):
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("SLURM_NTASKS", "8")
+    monkeypatch.setenv("SLURM_NTASKS", "8")  # an allocation of 8 tasks: a shell in it may run one process
+    assert init_distributed("cpu").world_size == 1
+    monkeypatch.setenv("SLURM_STEP_NUM_TASKS", "8")
+    monkeypatch.setenv("SLURM_PROCID", "3")  # task 3 of `srun -n 8 python lpr4m_train.py`
     with pytest.raises(ConfigError, match="one of 8 SLURM tasks without torchrun"):
         init_distributed("cpu")
-    monkeypatch.setenv("SLURM_NTASKS", "1")  # one task (e.g. srun running torchrun once per node): fine
+    monkeypatch.setenv("SLURM_STEP_NUM_TASKS", "1")  # one task (srun running one torchrun): fine
     assert init_distributed("cpu").world_size == 1
 
 

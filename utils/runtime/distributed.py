@@ -186,8 +186,8 @@ def init_distributed(device: str | None = None, precision: str = "fp32", progres
     blocking forever. On a GPU the group is bound to the process's device
     (`device_id`), so NCCL sets up its communicator at once.
     """
-    tasks = os.environ.get("SLURM_NTASKS", "1")
-    if "WORLD_SIZE" not in os.environ and tasks.isdigit() and int(tasks) > 1:
+    tasks = os.environ.get("SLURM_STEP_NUM_TASKS", "1")  # set by srun for its tasks (not in a salloc shell)
+    if "WORLD_SIZE" not in os.environ and "SLURM_PROCID" in os.environ and tasks.isdigit() and int(tasks) > 1:
         raise ConfigError(f"started as one of {tasks} SLURM tasks without torchrun: every task would train alone. "
                           "Start one torchrun per node instead (srun --ntasks-per-node 1 torchrun --nnodes ... "
                           "--nproc_per_node GPUS ...; docs/training.md#gpus-and-clusters)")
