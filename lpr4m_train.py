@@ -31,7 +31,8 @@ def main(argv: list[str] | None = None) -> dict:
     from utils.train.trainer import train
 
     with one_line_errors():
-        runtime = init_distributed(args.device, precision=args.precision, progress=not args.no_progress)
+        runtime = init_distributed(args.device, precision=args.precision, progress=not args.no_progress,
+                                   timeout_min=args.dist_timeout_min)
         level = logging.INFO if runtime.is_main else logging.WARNING
         logging.basicConfig(level=level, format=f"%(asctime)s [rank {runtime.rank}] %(name)s: %(message)s")
         try:

@@ -7,9 +7,15 @@ Random weights and random pixels (the cost does not depend on them):
     the cost of re-ranking (per query: rerank_topk pairs + one token pass of the clip);
     "distinct" gives every pair its own video, "per clip" scores `--per_clip` images
     against each video, as re-ranking does (the video side decoded once per clip).
-each in fp32 and bf16 (autocast). Data loading is not included.
+each in fp32 and bf16 (autocast; fp16 too on a GPU). Data loading is not included.
+From the two encoding rates it projects the encoder time of one full LPR4M
+test pass (20,079 query clips of 10 frames + 66,358 gallery images, each
+encoded once; no decoding, ranking or re-ranking).
 
     python benchmarks/bench_extract.py [--device cpu|cuda] [--batch 4] [--steps 2]
+    python benchmarks/bench_extract.py --device cuda --batch 64 --steps 10 --precisions fp32 bf16 fp16
+
+The last line holds every figure as key=value.
 """
 
 from __future__ import annotations
@@ -26,6 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from modules.config import VISION_CONFIGS  # noqa: E402
 from modules.rice import RICEConfig, RICEModel  # noqa: E402
+
+LPR4M_TEST_CLIPS, LPR4M_TEST_IMAGES = 20_079, 66_358  # the test split: query clips (10 frames each), gallery images
 
 
 def timed(fn, steps: int, device: torch.device) -> float:
@@ -49,9 +57,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--pairs", type=int, default=64, help="PMD pairs per call")
     parser.add_argument("--per_clip", type=int, default=5,
                         help="pairs per video in the re-ranking figure (5: the --rerank_topk default)")
-    parser.add_argument("--precisions", nargs="+", choices=["fp32", "bf16"], default=["fp32", "bf16"])
+    parser.add_argument("--precisions", nargs="+", choices=["fp32", "bf16", "fp16"], default=["fp32", "bf16"],
+                        help="autocast precisions (fp16: GPU only)")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
+    if device.type == "cpu" and "fp16" in args.precisions:
+        parser.error("fp16 needs --device cuda")
     config = RICEConfig(VISION_CONFIGS["ViT-B/32"], sim_header="cross_attention")
     model = RICEModel(config).to(device).eval()
     size, frames_per_clip, tokens = config.vision.image_size, 10, config.vision.num_tokens
@@ -66,10 +77,10 @@ def main(argv: list[str] | None = None) -> None:
     clip_videos = clip_of_pair.max().item() + 1
 
     print(f"device={device} threads={torch.get_num_threads()} batch={args.batch} clips x {frames_per_clip} frames")
+    figures = {"device": device.type}
     for precision in args.precisions:
-        autocast = (
-            contextlib.nullcontext() if precision == "fp32" else torch.autocast(device.type, dtype=torch.bfloat16)
-        )
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+        autocast = contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
         with autocast:
             clip_s = timed(lambda: model.encode_videos(clips, mask), args.steps, device)
             image_s = timed(lambda: model.encode_images(images), args.steps, device)
@@ -81,6 +92,14 @@ def main(argv: list[str] | None = None) -> None:
             f"{args.pairs / pair_s:8.1f} PMD pairs/s (distinct videos)  "
             f"{args.pairs / rerank_s:8.1f} PMD pairs/s ({args.per_clip} per clip)"
         )
+        test_pass_s = LPR4M_TEST_CLIPS * clip_s / args.batch + LPR4M_TEST_IMAGES * image_s / len(images)
+        print(f"{precision}: a full LPR4M test pass ({LPR4M_TEST_CLIPS} clips x {frames_per_clip} frames + "
+              f"{LPR4M_TEST_IMAGES} images) would take {test_pass_s / 60:.1f} min of encoding")
+        figures.update({f"{precision}_clips_per_s": f"{args.batch / clip_s:.2f}",
+                        f"{precision}_images_per_s": f"{len(images) / image_s:.1f}",
+                        f"{precision}_pmd_pairs_per_s": f"{args.pairs / rerank_s:.1f}",
+                        f"{precision}_lpr4m_test_pass_min": f"{test_pass_s / 60:.1f}"})
+    print(" ".join(f"{key}={value}" for key, value in figures.items()))
 
 
 if __name__ == "__main__":

@@ -49,10 +49,10 @@ def recorded_steps(monkeypatch):
     calls = []
     real = trainer.train_step
 
-    def spy(model, batch, optimizer, precision, accumulation, clip_grad_norm, device):
+    def spy(model, batch, optimizer, precision, accumulation, clip_grad_norm, device, *rest):
         calls.append({"frames": tuple(batch["frames"].shape), "accumulation": accumulation,
                       "image": batch["image"][0].clone(), "precision": precision.name})
-        return real(model, batch, optimizer, precision, accumulation, clip_grad_norm, device)
+        return real(model, batch, optimizer, precision, accumulation, clip_grad_norm, device, *rest)
 
     monkeypatch.setattr(trainer, "train_step", spy)
     return calls

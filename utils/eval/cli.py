@@ -68,7 +68,9 @@ def build_parser(dataset: str) -> argparse.ArgumentParser:
     run = parser.add_argument_group("devices and speed")
     run.add_argument("--n_gpu", type=int, default=1,
                      help="processes/GPUs for feature extraction; fewer visible GPUs -> uses those (CPU if none)")
-    run.add_argument("--precision", choices=PRECISIONS, default="fp32", help="encoder compute precision")
+    run.add_argument("--precision", choices=PRECISIONS, default=None,
+                     help="encoder compute precision (default: bf16 on a GPU, fp32 on the CPU; embeddings, "
+                     "rankings and PMD scores are fp32 either way; --precision fp32 for exact fp32 encoders)")
     run.add_argument("--batch_size", type=int, default=16,
                      help="query clips per batch (gallery batches hold batch_size x max_frames images)")
     run.add_argument("--num_workers", type=int, default=None,
@@ -97,8 +99,9 @@ def evaluate(args: argparse.Namespace, dataset: str, runtime) -> dict | None:
     from modules.rice import RICEModel
     from utils.eval.report import Outcome, print_table, write_outputs
     from utils.eval.retrieval import retrieve
-    from utils.runtime.precision import check_precision
+    from utils.runtime.precision import check_precision, eval_precision
 
+    runtime.precision = args.precision = eval_precision(args.precision, runtime.device)  # recorded in metrics.json
     check_precision(args.precision, runtime.device)
     ckpt = load_checkpoint(args.ckpt_path)
     overrides, notes = ckpt.check_flags(args.sim_header, args.cross_num_hidden_layers, args.recons_feat)

@@ -19,6 +19,7 @@ import os
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -50,19 +51,19 @@ class _AllGatherWithGrad(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        ctx.rank, ctx.size = dist.get_rank(), x.shape[0]
+        ctx.size = x.shape[0]
         parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
         dist.all_gather(parts, x.contiguous())
         return torch.cat(parts, dim=0)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        # Every process holds a gradient for the whole gathered tensor; sum them
-        # and keep the slice of the local shard.
-        grad = grad.contiguous()
-        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
-        start = ctx.rank * ctx.size
-        return grad[start : start + ctx.size]
+        # Every process holds a gradient for the whole gathered tensor; each
+        # receives the sum over processes of its own shard's rows (a
+        # reduce-scatter: 1/world_size of the traffic of an all-reduce).
+        out = grad.new_empty((ctx.size, *grad.shape[1:]))
+        dist.reduce_scatter_tensor(out, grad.contiguous(), op=dist.ReduceOp.SUM)
+        return out
 
 
 def all_gather_with_grad(x: torch.Tensor) -> torch.Tensor:
@@ -84,6 +85,41 @@ def all_gather(x: torch.Tensor) -> torch.Tensor:
     parts = [torch.empty_like(x) for _ in range(get_world_size())]
     dist.all_gather(parts, x.contiguous())
     return torch.cat(parts, dim=0)
+
+
+@torch.no_grad()
+def average_gradients(grads: list[torch.Tensor], bf16_compress: bool = False) -> None:
+    """Replace each gradient by its mean over processes, in one flat all-reduce.
+
+    With `bf16_compress` the buffer travels in bf16 (half the traffic), with
+    the same arithmetic as DDP's `bf16_compress_hook`: each process rounds
+    its gradient to bf16 and divides by the world size in bf16, the bf16
+    values are summed, and the sum is cast back.
+    """
+    if get_world_size() == 1 or not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    if bf16_compress:
+        wire = flat.to(torch.bfloat16).div_(get_world_size())
+        dist.all_reduce(wire)
+        flat.copy_(wire)
+    else:
+        dist.all_reduce(flat)
+        flat /= get_world_size()
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset:offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
+@torch.no_grad()
+def all_reduce_sum(values: list[int], device: torch.device) -> list[int]:
+    """Integer counts summed over processes (one all-reduce; the values themselves without a group)."""
+    if not is_distributed():
+        return list(values)
+    total = torch.tensor(values, dtype=torch.int64, device=device)
+    dist.all_reduce(total)
+    return total.tolist()
 
 
 @torch.no_grad()
@@ -133,15 +169,28 @@ class Runtime:
             tqdm.write(message)
 
 
-def init_distributed(device: str | None = None, precision: str = "fp32", progress: bool = True) -> Runtime:
+DEFAULT_TIMEOUT_MIN = 30.0  # a collective waiting longer than this fails instead of hanging
+
+
+def init_distributed(device: str | None = None, precision: str = "fp32", progress: bool = True,
+                     timeout_min: float = DEFAULT_TIMEOUT_MIN) -> Runtime:
     """Join the process group the environment describes, or run alone.
 
     torchrun (single- or multi-node, any rendezvous) and `spawn` set RANK,
     LOCAL_RANK and WORLD_SIZE; the group is initialised from those with NCCL
     when the process has a GPU and gloo otherwise. Without them this is a
-    plain one-process run and no group is created. `device` ("cpu" or
-    "cuda") forces the device type.
+    plain one-process run and no group is created; a task of a multi-task
+    `srun` without torchrun is refused (each would train alone). `device` ("cpu" or
+    "cuda") forces the device type. A collective that waits longer than
+    `timeout_min` minutes (a process died, a node hangs) raises instead of
+    blocking forever. On a GPU the group is bound to the process's device
+    (`device_id`), so NCCL sets up its communicator at once.
     """
+    tasks = os.environ.get("SLURM_STEP_NUM_TASKS", "1")  # set by srun for its tasks (not in a salloc shell)
+    if "WORLD_SIZE" not in os.environ and "SLURM_PROCID" in os.environ and tasks.isdigit() and int(tasks) > 1:
+        raise ConfigError(f"started as one of {tasks} SLURM tasks without torchrun: every task would train alone. "
+                          "Start one torchrun per node instead (srun --ntasks-per-node 1 torchrun --nnodes ... "
+                          "--nproc_per_node GPUS ...; docs/training.md#gpus-and-clusters)")
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -153,7 +202,8 @@ def init_distributed(device: str | None = None, precision: str = "fp32", progres
     if use_cuda:
         torch.cuda.set_device(dev)
     if world_size > 1 and not is_distributed():
-        dist.init_process_group("nccl" if use_cuda else "gloo", rank=rank, world_size=world_size)
+        dist.init_process_group("nccl" if use_cuda else "gloo", rank=rank, world_size=world_size,
+                                timeout=timedelta(minutes=timeout_min), device_id=dev if use_cuda else None)
     return Runtime(rank, local_rank, world_size, dev, precision, progress)
 
 

@@ -56,11 +56,47 @@ def build_model(args: argparse.Namespace) -> RICEModel:
     return model
 
 
-def memory_mb(device: torch.device) -> float:
-    """Peak memory so far: allocated GPU memory, or the process's peak resident set on the CPU."""
+def memory_window(device: torch.device) -> dict[str, float]:
+    """Memory figures (MiB) since the previous call, then the peaks start again for the next window.
+
+    On a GPU: `mem_mb`, the peak of allocated tensor memory; `mem_reserved_mb`,
+    the peak the caching allocator held (what the device really lost to this
+    process); `rss_mb`, the host process's resident set now. On the CPU:
+    `mem_mb`, the peak resident set of the window (Linux resets the
+    high-water mark on request; elsewhere the process's peak so far), and
+    `rss_mb`, the resident set now.
+    """
+    record = {}
     if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        record["mem_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+        record["mem_reserved_mb"] = torch.cuda.max_memory_reserved(device) / 2**20
+        torch.cuda.reset_peak_memory_stats(device)
+    status = _proc_status()
+    rss = status.get("VmRSS")
+    if device.type != "cuda":
+        peak = status.get("VmHWM")
+        record["mem_mb"] = peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        _reset_rss_peak()
+    record["rss_mb"] = rss if rss is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return record
+
+
+def _proc_status() -> dict[str, float]:
+    """The kB fields of /proc/self/status in MiB ({} where there is no /proc)."""
+    try:
+        lines = Path("/proc/self/status").read_text().splitlines()
+    except OSError:
+        return {}
+    return {key: int(rest.split()[0]) / 1024 for key, _, rest in (line.partition(":") for line in lines)
+            if rest.strip().endswith("kB")}
+
+
+def _reset_rss_peak() -> None:
+    """Start a new peak-RSS window (Linux: writing 5 to clear_refs resets VmHWM); silently not elsewhere."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
 
 
 class StopRequest:

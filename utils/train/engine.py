@@ -11,12 +11,11 @@ uninterrupted run would have seen (with the same batch size, the same batches).
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Sampler
 
-from utils.runtime.distributed import is_distributed
+from utils.runtime.distributed import average_gradients
 from utils.runtime.precision import Precision
 
 
@@ -70,13 +69,16 @@ class EpochSampler(Sampler):
 
 
 def train_step(model: nn.Module, batch: dict, optimizer: torch.optim.Optimizer, precision: Precision,
-               accumulation: int, clip_grad_norm: float, device: torch.device) -> dict[str, torch.Tensor]:
+               accumulation: int, clip_grad_norm: float, device: torch.device,
+               grad_bf16: bool = False) -> dict[str, torch.Tensor]:
     """Forward/backward of one batch, clip, step. Returns each loss (detached) and `grad_norm` (before clipping).
 
     `model` is a RICEModel, possibly wrapped in DistributedDataParallel. With
     `accumulation` > 1 the encoder runs over micro-batches so that only one
     micro-batch's encoder activations are alive at a time, and the gradient is
     still EXACTLY that of the whole batch (see `_accumulated_backward`).
+    `grad_bf16`: that path averages over processes in bf16 (DDP's own sync gets
+    the same from the trainer's `--ddp_bf16_compress` hook).
     """
     optimizer.zero_grad(set_to_none=True)
     images, frames, mask = (batch[key].to(device, non_blocking=True) for key in ("image", "frames", "frame_mask"))
@@ -85,7 +87,7 @@ def train_step(model: nn.Module, batch: dict, optimizer: torch.optim.Optimizer, 
             losses = model(images, frames, mask)
         precision.backward(losses["loss"])
     else:
-        losses = _accumulated_backward(model, images, frames, mask, precision, accumulation)
+        losses = _accumulated_backward(model, images, frames, mask, precision, accumulation, grad_bf16)
     totals = {name: value.detach().float() for name, value in losses.items()}
     precision.unscale_(optimizer)
     params = [p for group in optimizer.param_groups for p in group["params"]]
@@ -97,7 +99,8 @@ def train_step(model: nn.Module, batch: dict, optimizer: torch.optim.Optimizer, 
     return totals
 
 
-def _accumulated_backward(model, images, frames, mask, precision: Precision, accumulation: int) -> dict:
+def _accumulated_backward(model, images, frames, mask, precision: Precision, accumulation: int,
+                          grad_bf16: bool = False) -> dict:
     """Whole-batch gradients with the encoder run one micro-batch at a time (a gradient cache).
 
     1. Encode every micro-batch without gradient and concatenate the features.
@@ -128,8 +131,7 @@ def _accumulated_backward(model, images, frames, mask, precision: Precision, acc
         pairs = [(features[k], leaves[k].grad[start:start + size]) for k in features if leaves[k].grad is not None]
         torch.autograd.backward([f for f, _ in pairs], [g.to(f.dtype) for f, g in pairs])
         start += size
-    if is_distributed():
-        _average_gradients(core)
+    average_gradients([p.grad for p in core.parameters() if p.grad is not None], bf16_compress=grad_bf16)
     return losses
 
 
@@ -137,15 +139,3 @@ def _leaf(features: torch.Tensor) -> torch.Tensor:
     """A detached copy that collects gradient (bool masks stay as they are)."""
     features = features.detach()
     return features.requires_grad_() if features.is_floating_point() else features
-
-
-def _average_gradients(model: nn.Module) -> None:
-    """All-reduce the mean gradient over processes in one flat buffer."""
-    grads = [p.grad for p in model.parameters() if p.grad is not None]
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat)
-    flat /= dist.get_world_size()
-    offset = 0
-    for g in grads:
-        g.copy_(flat[offset:offset + g.numel()].view_as(g))
-        offset += g.numel()

@@ -2,7 +2,9 @@
 
 Each line of `log.jsonl` is one record: training records carry `step`,
 `epoch`, the losses by name (`loss`, `icl`, `pmd`, `pfr`), the learning rates
-(`lr_encoder`, `lr_heads`), `samples_per_s` and `mem_mb`; validation records
+(`lr_encoder`, `lr_heads`), `samples_per_s`, the memory of the window since
+the previous record (`mem_mb`, `rss_mb`, on a GPU `mem_reserved_mb`) and
+`skipped_files` / `replaced_samples` summed over processes; validation records
 carry `step`, `epoch` and `val` (R1/R5/R10 in percent). Only the main process
 writes. On resume, records past the resumed step (written after the last
 checkpoint of the interrupted run) are dropped, so the file never holds a step

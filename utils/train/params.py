@@ -27,6 +27,8 @@ from utils.options import (
 )
 from utils.runtime.precision import PRECISIONS
 
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -120,6 +122,25 @@ def build_parser() -> argparse.ArgumentParser:
                      "NPROC_PER_NODE=N bash scripts/train.sh ...); checked against the processes started")
     run.add_argument("--device", choices=("cpu", "cuda"), default=None,
                      help="default: cuda when a GPU is visible, else cpu")
+
+    gpu = p.add_argument_group("GPU and cluster (docs/training.md#gpus-and-clusters)")
+    gpu.add_argument("--tf32", dest="tf32", action="store_true", default=True,
+                     help="fp32 matmuls and convolutions on the GPU use TF32 tensor cores (Ampere and newer; "
+                     "the default; no effect on the CPU)")
+    gpu.add_argument("--no_tf32", dest="tf32", action="store_false",
+                     help="exact fp32 matmuls on the GPU (slower; for comparing numbers with a CPU run)")
+    gpu.add_argument("--compile", action="store_true",
+                     help="torch.compile the image encoder (the first steps are slow while it compiles; "
+                     "numbers change by rounding only)")
+    gpu.add_argument("--compile_mode", choices=COMPILE_MODES, default=None,
+                     help="torch.compile mode with --compile (default: default; reduce-overhead: CUDA graphs; "
+                     "max-autotune: also tries more kernels, compiles much longer)")
+    gpu.add_argument("--ddp_bf16_compress", action="store_true",
+                     help="average gradients across processes in bf16 (half the traffic; the averages are "
+                     "rounded to bf16, about 3 significant digits)")
+    gpu.add_argument("--dist_timeout_min", type=float, default=30.0,
+                     help="minutes a process waits in a collective (a peer died or hangs) before the run "
+                     "fails instead of hanging")
     return p
 
 
@@ -138,6 +159,10 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
                                      "log_every_steps", "max_steps", "val_max_queries", "n_gpu"))
     check_at_least(parser, args, 0, ("num_workers", "save_every_steps", "keep_checkpoints", "lr", "coef_lr",
                                      "weight_decay", "clip_grad_norm"))
+    if args.compile_mode is not None and not args.compile:
+        parser.error(f"--compile_mode {args.compile_mode} has no effect without --compile; add --compile")
+    if not args.dist_timeout_min > 0:
+        parser.error(f"--dist_timeout_min must be > 0 minutes, got {args.dist_timeout_min}")
     if not 0.0 <= args.warmup_proportion < 1.0:
         parser.error(f"--warmup_proportion must be in [0, 1), got {args.warmup_proportion}")
     spec = DATASETS[args.dataset]

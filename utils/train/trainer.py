@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
@@ -30,9 +31,9 @@ from dataloaders.shards import ShardPairDataset, ShardSampler
 from dataloaders.transforms import build_transform
 from modules.checkpoint import export_model
 from utils.errors import CheckpointError, DataError, TrainingError
-from utils.runtime.distributed import Runtime, all_reduce_mean, barrier, is_distributed
-from utils.runtime.precision import Precision, check_precision
-from utils.train.build import StopRequest, build_model, data_root, memory_mb, prepare_output_dir
+from utils.runtime.distributed import Runtime, all_reduce_mean, all_reduce_sum, barrier, is_distributed
+from utils.runtime.precision import Precision, check_precision, set_tf32
+from utils.train.build import StopRequest, build_model, data_root, memory_window, prepare_output_dir
 from utils.train.checkpointing import (
     LAST,
     atomic_save,
@@ -78,15 +79,23 @@ class Trainer:
         self._build_data_and_model()
         self.optimizer = build_optimizer(self.model, args.lr, args.coef_lr, args.weight_decay)
         self.precision = Precision(args.precision, runtime.device)
+        tf32 = set_tf32(args.tf32, runtime.device)
+        if runtime.is_main:
+            log.info("fp32 matmuls on %s: %s", runtime.device.type, "TF32" if tf32 else "exact fp32")
         self.step, self.epoch, self.sample_in_epoch = 0, 0, 0
         self.validated_at = None  # the step of the last validation
         self.last_losses: dict[str, float] = {}  # the last logged losses, saved with the model
         self.resumed_from = self._resume()
         self._check_same_place()
+        if args.compile:  # in place: parameter names (and so checkpoints) stay as they are
+            self.model.visual.compile(mode=args.compile_mode or "default")
         self.ddp = self.model
         if runtime.world_size > 1:
             device_ids = [runtime.device.index] if runtime.device.type == "cuda" else None
-            self.ddp = DistributedDataParallel(self.model, device_ids=device_ids)
+            # The gradients are views into DDP's communication buckets: no copy in and out of them.
+            self.ddp = DistributedDataParallel(self.model, device_ids=device_ids, gradient_as_bucket_view=True)
+            if args.ddp_bf16_compress:
+                self.ddp.register_comm_hook(None, default_hooks.bf16_compress_hook)
         self.config_dict = self.model.config.to_dict()
         self.args_dict = {k: v for k, v in vars(args).items() if k != "config"}
 
@@ -181,7 +190,8 @@ class Trainer:
             save_args(args, self.out / "args.yaml")
         resume_step = self.step if self.resumed_from else None
         self.logger = TrainLogger(self.out, runtime.is_main, not args.no_tensorboard, resume_step=resume_step)
-        self.report = SkipReport("train")
+        self.report = SkipReport("train" if runtime.world_size == 1 else "train (all processes)")
+        self.skips_synced, self.epoch_skips = [0, 0], [0, 0]  # (files skipped, samples replaced)
         show_bar = runtime.is_main and not args.no_progress and sys.stderr.isatty()
         self.bar = tqdm(total=self.total_steps, initial=self.step, disable=not show_bar, desc="train",
                         dynamic_ncols=True)
@@ -215,7 +225,7 @@ class Trainer:
         for batch in loader:
             set_lr(self.optimizer, self.step, self.total_steps, self.warmup_steps)
             losses = train_step(self.ddp, batch, self.optimizer, self.precision, args.gradient_accumulation_steps,
-                                args.clip_grad_norm, runtime.device)
+                                args.clip_grad_norm, runtime.device, args.ddp_bf16_compress)
             self.step, self.sample_in_epoch = self.step + 1, self.sample_in_epoch + args.batch_size
             self.window_samples += args.batch_size
             self.report.update(batch)
@@ -223,6 +233,7 @@ class Trainer:
             if self.step % args.log_every_steps == 0 or self.step == self.total_steps:
                 record = _record(losses, self.optimizer, self.step, self.epoch, self.window_samples,
                                  self.window_start, runtime.device)
+                record.update(self._sync_skips())
                 self.bar.set_postfix(loss=f"{record['loss']:.4f}", refresh=False)
                 self.last_losses = {name: record[name] for name in losses if name != "grad_norm"}
                 self.logger.log(record)
@@ -239,14 +250,34 @@ class Trainer:
                 break
         return self._epoch_done()
 
+    def _sync_skips(self) -> dict:
+        """Files skipped and samples replaced since the previous call, summed over processes.
+
+        One all-reduce, at log windows and epoch ends (never per step); the
+        epoch's totals over all processes accumulate in `epoch_skips`.
+        """
+        local = [self.report.num_skipped, self.report.num_replaced]
+        new = all_reduce_sum([now - before for now, before in zip(local, self.skips_synced)], self.runtime.device)
+        self.skips_synced = local
+        self.epoch_skips = [total + n for total, n in zip(self.epoch_skips, new)]
+        return {"skipped_files": new[0], "replaced_samples": new[1]}
+
+    def _log_skips(self) -> None:
+        """Log the epoch's skip totals of all processes once (examples: the main process's), and reset."""
+        self._sync_skips()
+        if self.runtime.is_main:
+            self.report.num_skipped, self.report.num_replaced = self.epoch_skips
+            self.report.log(self.epoch)
+        self.report.reset()
+        self.skips_synced, self.epoch_skips = [0, 0], [0, 0]
+
     def _epoch_done(self) -> bool:
         """No global batch left in this epoch (the tail that would not fill one is left out)."""
         return len(self.dataset) - self.sample_in_epoch < self.args.batch_size
 
     def _end_epoch(self) -> None:
         runtime = self.runtime
-        if runtime.is_main:
-            self.report.log(self.epoch)
+        self._log_skips()
         self.epoch, self.sample_in_epoch = self.epoch + 1, 0
         self._save(self.ckpt_dir / f"epoch_{self.epoch}.pt")
         if runtime.is_main:
@@ -285,8 +316,8 @@ class Trainer:
         if self.sample_in_epoch:  # the last epoch ended early: keep the exact place for a later resume
             self._save(self.ckpt_dir / LAST)
         model_path = self.out / "model.pt"
+        self._log_skips()
         if self.runtime.is_main:
-            self.report.log(self.epoch)
             atomic_save(export_model(self.model, self.config_dict, self.args_dict, self.last_losses), model_path)
             log.info("done: %d steps; model %s", self.step, model_path)
         self.logger.close()
@@ -356,5 +387,5 @@ def _record(losses: dict, optimizer, step: int, epoch: int, samples: int, since:
     lrs = {group["name"].split("_")[0]: group["lr"] for group in optimizer.param_groups}
     record.update({f"lr_{name}": lr for name, lr in sorted(lrs.items())})
     record["samples_per_s"] = samples / max(time.perf_counter() - since, 1e-9)
-    record["mem_mb"] = memory_mb(device)
+    record.update(memory_window(device))  # peaks of this window; they start again for the next
     return record
