@@ -23,6 +23,7 @@ from utils.options import (
     HelpFormatter,
     add_fast_decode,
     add_model_args,
+    add_pmd_chunk_size,
     check_at_least,
     check_writable,
     parse,
@@ -73,6 +74,7 @@ def build_parser(dataset: str) -> argparse.ArgumentParser:
     run.add_argument("--num_workers", type=int, default=None,
                      help="data loading processes per evaluation process (default: the CPUs this process may use, "
                      "shared among the processes of its machine, less one; at most 8)")
+    add_pmd_chunk_size(run)
     run.add_argument("--save_features", action="store_true",
                      help="also write features.npz (query/gallery ids and L2-normalised features)")
     run.add_argument("--no_progress", action="store_true", help="no tqdm progress bars")
@@ -82,7 +84,7 @@ def build_parser(dataset: str) -> argparse.ArgumentParser:
 def parse_args(dataset: str, argv: list[str] | None) -> argparse.Namespace:
     parser = build_parser(dataset)
     args = parse(parser, argv)
-    check_at_least(parser, args, 1, ("n_gpu", "batch_size", "max_frames", "rerank_topk"))
+    check_at_least(parser, args, 1, ("n_gpu", "batch_size", "max_frames", "rerank_topk", "pmd_chunk_size"))
     check_at_least(parser, args, 0, ("num_workers",))
     resolve_num_workers(args)
     return args
@@ -103,6 +105,7 @@ def evaluate(args: argparse.Namespace, dataset: str, runtime) -> dict | None:
     for note in notes:
         runtime.log(f"note: {note}")
     model = RICEModel.from_checkpoint(ckpt, overrides).to(runtime.device).eval()
+    model.set_pmd_chunk_size(args.pmd_chunk_size)
     config = model.config
     do_rerank = config.use_pmd and not (args.embedding_sim or args.one_stage)
     runtime.log(

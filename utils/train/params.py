@@ -16,7 +16,15 @@ from pathlib import Path
 
 from dataloaders.registry import DATASETS
 from modules.config import STYLES, VISION_CONFIGS
-from utils.options import HelpFormatter, add_fast_decode, add_model_args, check_at_least, parse, resolve_num_workers
+from utils.options import (
+    HelpFormatter,
+    add_fast_decode,
+    add_model_args,
+    add_pmd_chunk_size,
+    check_at_least,
+    parse,
+    resolve_num_workers,
+)
 from utils.runtime.precision import PRECISIONS
 
 
@@ -56,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "(v1, v2 or ours); heads it lacks start from their initialisation")
     model.add_argument("--grad_checkpointing", action="store_true",
                        help="recompute encoder blocks and PMD chunks in the backward pass (less memory)")
+    add_pmd_chunk_size(model)
 
     optim = p.add_argument_group("optimisation (v1 recipe, docs/training.md)")
     optim.add_argument("--batch_size", type=int, default=96,
@@ -118,7 +127,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Flag combinations that can never work, reported as a usage error."""
     check_at_least(parser, args, 1, ("max_frames", "batch_size", "gradient_accumulation_steps", "epochs",
-                                     "log_every_steps", "max_steps", "val_max_queries", "n_gpu"))
+                                     "log_every_steps", "max_steps", "val_max_queries", "n_gpu", "pmd_chunk_size"))
     check_at_least(parser, args, 0, ("num_workers", "save_every_steps", "keep_checkpoints", "lr", "coef_lr",
                                      "weight_decay", "clip_grad_norm"))
     if not 0.0 <= args.warmup_proportion < 1.0:
