@@ -84,8 +84,9 @@ def build_parser(dataset: str) -> argparse.ArgumentParser:
 def parse_args(dataset: str, argv: list[str] | None) -> argparse.Namespace:
     parser = build_parser(dataset)
     args = parse(parser, argv)
-    check_at_least(parser, args, 1, ("n_gpu", "batch_size", "max_frames", "rerank_topk", "pmd_chunk_size"))
+    check_at_least(parser, args, 1, ("n_gpu", "batch_size", "max_frames", "rerank_topk"))
     check_at_least(parser, args, 0, ("num_workers",))
+    check_at_least(parser, args, 1, ("pmd_chunk_size",))
     resolve_num_workers(args)
     return args
 

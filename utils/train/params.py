@@ -127,9 +127,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Flag combinations that can never work, reported as a usage error."""
     check_at_least(parser, args, 1, ("max_frames", "batch_size", "gradient_accumulation_steps", "epochs",
-                                     "log_every_steps", "max_steps", "val_max_queries", "n_gpu", "pmd_chunk_size"))
+                                     "log_every_steps", "max_steps", "val_max_queries", "n_gpu"))
     check_at_least(parser, args, 0, ("num_workers", "save_every_steps", "keep_checkpoints", "lr", "coef_lr",
                                      "weight_decay", "clip_grad_norm"))
+    check_at_least(parser, args, 1, ("pmd_chunk_size",))
     if not 0.0 <= args.warmup_proportion < 1.0:
         parser.error(f"--warmup_proportion must be in [0, 1), got {args.warmup_proportion}")
     spec = DATASETS[args.dataset]
