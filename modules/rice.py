@@ -100,6 +100,7 @@ class RICEModel(nn.Module):
         if config.recons_feat:
             self.recons_weights = ReconstructionWeights(config.pmd_heads)
         self.grad_checkpointing = False
+        self.pmd_shared_dropout = False
 
     # ---------------------------------------------------------------- building
     @classmethod
@@ -183,6 +184,19 @@ class RICEModel(nn.Module):
     def pmd_chunk_size(self, device: torch.device) -> int:
         return self.config.pmd_chunk_size or default_pmd_chunk_size(device)
 
+    def set_pmd_shared_dropout(self, enable: bool = True) -> None:
+        """Training: draw PMD's query dropout once per image, shared by its candidate pairs (v1: per pair).
+
+        The decoder's image side (positions, dropout, self blocks) then runs
+        once per image instead of once per pair. Without dropout (eval mode)
+        it always runs once per image, with the per-pair numbers.
+        """
+        self.pmd_shared_dropout = enable
+
+    def _image_side_per_pair(self) -> bool:
+        """Whether each pair needs its own image side: a per-pair dropout draw is active."""
+        return self.cross.training and self.cross.dropout.p > 0 and not self.pmd_shared_dropout
+
     # ---------------------------------------------------------------- encoding
     def encode_images(self, images: torch.Tensor, return_tokens: bool = False):
         """images [B,3,H,W] -> (emb [B,E] L2-normalised, tokens [B,N,E] or None)."""
@@ -231,23 +245,32 @@ class RICEModel(nn.Module):
         """Raw PMD scores (no ×100) of P pairs: [I,N,E], [V,M,E], [V,M] bool, video_index [P], image_index [P] -> [P].
 
         Pair i is (image image_index[i], video video_index[i]); an index left
-        None means row i of that side. The decoder's image side runs once per
-        image and its video side once per video; the pairs are then decoded
+        None means row i of that side. The decoder's video side runs once per
+        video and (without a per-pair dropout draw, e.g. in eval mode) its
+        image side once per image; the pairs are then decoded
         `pmd_chunk_size` at a time (memory grows with the chunk as H·N·M).
         """
         if self.cross is None:
             raise RuntimeError("score_pairs needs the PMD head (sim_header='cross_attention')")
-        queries, keys = self.cross.image_side(image_tokens), self.cross.video_side(video_tokens)
-        device = queries.device
-        pairs = len(next((i for i in (video_index, image_index) if i is not None), queries))
+        device = image_tokens.device
+        pairs = len(next((i for i in (video_index, image_index) if i is not None), image_tokens))
         pair_image = image_index if image_index is not None else torch.arange(pairs, device=device)
         pair_video = video_index if video_index is not None else torch.arange(pairs, device=device)
+        keys, per_pair = self.cross.video_side(video_tokens), self._image_side_per_pair()
+        queries = image_tokens if per_pair else self.cross.image_side(image_tokens)
         chunk, scores = self.pmd_chunk_size(device), []
         for start in range(0, pairs, chunk):
             part = slice(start, start + chunk)
-            pooled, _ = self.cross.decode(queries, keys, video_token_mask, pair_video[part], pair_image[part])
+            pooled, _ = self._decode(queries, keys, video_token_mask, pair_video[part], pair_image[part], per_pair)
             scores.append(pair_scores(pooled, self.similarity_dense))
         return torch.cat(scores)
+
+    def _decode(self, queries, keys, token_mask, pair_video, pair_image, per_pair: bool):
+        """Decode pairs (image pair_image[i], video pair_video[i]); `queries` are image tokens when
+        `per_pair` (each pair runs the image side itself), else the image side's output per image."""
+        if per_pair:
+            return self.cross.decode(self.cross.image_side(queries[pair_image]), keys, token_mask, pair_video)
+        return self.cross.decode(queries, keys, token_mask, pair_video, pair_image)
 
     # ---------------------------------------------------------------- training
     def forward(self, images: torch.Tensor, frames: torch.Tensor, frame_mask: torch.Tensor,
@@ -326,16 +349,19 @@ class RICEModel(nn.Module):
         Also returns the PFR squared error summed over the positive pairs
         (column 0), computed from the same decoder pass.
 
-        The plan has fixed shapes and stays on the device: the decoder's image
-        side runs once per local image, its video side once per gathered
-        video, and chunk k decodes pairs [k·S, (k+1)·S) of the B·C pairs
-        (image p // C, video candidates.flatten()[p]), gathered by index. With
-        gradient checkpointing each part is recomputed in the backward pass,
-        so only one chunk's pair activations are alive at a time.
+        The plan has fixed shapes and stays on the device: the decoder's video
+        side runs once per gathered video, its image side once per local
+        image (or, with a per-pair dropout draw, the v1 default in training,
+        once per pair inside the chunks), and chunk k decodes pairs
+        [k·S, (k+1)·S) of the B·C pairs (image p // C, video
+        candidates.flatten()[p]), gathered by index. With gradient
+        checkpointing each part is recomputed in the backward pass, so only
+        one chunk's pair activations are alive at a time.
         """
         b, c = candidates.shape
         device = image_tokens.device
-        queries = self._maybe_checkpoint(self.cross.image_side, image_tokens)  # [B, N, E]
+        per_pair = self._image_side_per_pair()
+        queries = image_tokens if per_pair else self._maybe_checkpoint(self.cross.image_side, image_tokens)
         keys = self._maybe_checkpoint(self.cross.video_side, all_video_tokens)  # 2 x [G, H, M, Dh]
         pair_image = torch.arange(b * c, device=device) // c  # [B*C]
         pair_video = candidates.reshape(-1)  # [B*C]
@@ -345,7 +371,8 @@ class RICEModel(nn.Module):
             part = slice(start, start + chunk)
             first_positive = -start % c  # row of the chunk's first positive pair (column 0)
             s, err = self._maybe_checkpoint(self._score_chunk, queries, *keys, all_token_mask, pair_video[part],
-                                            pair_image[part], image_tokens, all_video_tokens, first_positive, c)
+                                            pair_image[part], image_tokens, all_video_tokens, first_positive, c,
+                                            per_pair)
             scores.append(s)
             pfr_sum = pfr_sum + err
         return torch.cat(scores).view(b, c), pfr_sum
@@ -356,13 +383,13 @@ class RICEModel(nn.Module):
         return fn(*args)
 
     def _score_chunk(self, queries, keys, values, token_mask, pair_video, pair_image, image_tokens, video_tokens,
-                     first_positive, c):
+                     first_positive, c, per_pair):
         """Scores of one chunk of pairs (image pair_image[i], video pair_video[i]) and their PFR error.
 
         Every c-th pair from row `first_positive` on is a positive pair; its
         PFR error counts. Those rows are a strided slice, known on the host.
         """
-        pooled, attention = self.cross.decode(queries, (keys, values), token_mask, pair_video, pair_image)
+        pooled, attention = self._decode(queries, (keys, values), token_mask, pair_video, pair_image, per_pair)
         scores = pair_scores(pooled, self.similarity_dense)
         if self.recons_weights is None or first_positive >= len(pair_video):
             return scores, scores.new_zeros(())

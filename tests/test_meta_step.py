@@ -97,7 +97,8 @@ def test_train_step_and_accumulation_on_meta(meta_autocast):
 
 
 def _masked_step(model: RICEModel, images, frames, mask) -> torch.Tensor:
-    """The step written the old way: boolean masks, candidates read on the host, every pair decoded alone."""
+    """The step written the old way: boolean masks, candidates read on the host, pairs decoded in chunks
+    with every pair's self blocks run for that pair (the dropout draws of the old code, in its order)."""
     b, t = mask.shape
     n, e, c = TINY.num_tokens, TINY.embed_dim, 1 + model.config.num_hard_negatives
     emb, tok = model.visual(torch.cat([images, frames[mask]]), True)
@@ -112,37 +113,55 @@ def _masked_step(model: RICEModel, images, frames, mask) -> torch.Tensor:
     labels = torch.arange(b)
     icl = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
     similarity = (image_emb @ video_emb.T).detach().tolist()
-    pmd, pfr = 0.0, 0.0
-    for i in range(b):
-        negatives = sorted((j for j in range(b) if j != i), key=lambda j: -similarity[i][j])[: c - 1]
-        scores = []
-        for j in [i, *negatives]:
-            pooled, attention = model.cross(tok[i : i + 1], video_tok[j : j + 1], tok_mask[j : j + 1])
-            scores.append(model.similarity_dense(pooled)[0, 0])
-            if j == i:  # PFR of the positive pair
-                weights = model.recons_weights(drop_cls(attention, n))[0]
-                patches = (video_tok[i] * tok_mask[i, :, None]).view(t, n, e)[:, 1:].reshape(-1, e).detach()
-                pfr = pfr + ((weights @ patches - tok[i, 1:].detach()) ** 2).mean() / b
-        pmd = pmd + F.cross_entropy(100 * torch.stack(scores)[None], torch.zeros(1, dtype=torch.long)) / b
+    pairs = [(i, j) for i in range(b)
+             for j in [i, *sorted((j for j in range(b) if j != i), key=lambda j: -similarity[i][j])[: c - 1]]]
+    scores, pfr, size = [], 0.0, model.config.pmd_chunk_size
+    for start in range(0, len(pairs), size):
+        ii, jj = zip(*pairs[start : start + size])
+        pooled, attention = model.cross(tok[list(ii)], video_tok[list(jj)], tok_mask[list(jj)])
+        scores.append(model.similarity_dense(pooled)[:, 0])
+        for row in (r for r, (i, j) in enumerate(zip(ii, jj)) if i == j):  # PFR of the positive pairs
+            weights = model.recons_weights(drop_cls(attention[row : row + 1], n))[0]
+            patches = (video_tok[jj[row]] * tok_mask[jj[row], :, None]).view(t, n, e)[:, 1:].reshape(-1, e)
+            pfr = pfr + ((weights @ patches.detach() - tok[ii[row], 1:].detach()) ** 2).mean() / b
+    pmd = F.cross_entropy(100 * torch.cat(scores).view(b, c), torch.zeros(b, dtype=torch.long))
     return icl + pmd + 0.05 * pfr
 
 
-@pytest.mark.parametrize("chunk, checkpointing", [(3, False), (16, False), (5, True)])
-def test_step_equals_the_masked_formulation(chunk, checkpointing):
-    """Loss and every gradient equal the old formulation's (float64, dropout off), whatever the chunking."""
-    model = _model(pmd_chunk_size=chunk).double().eval()
+@pytest.mark.parametrize("chunk, checkpointing, mode", [(3, False, "eval"), (16, False, "eval"), (5, True, "eval"),
+                                                        (3, False, "train"), (5, True, "train")])
+def test_step_equals_the_masked_formulation(chunk, checkpointing, mode):
+    """Loss and every gradient equal the old formulation's (float64), whatever the chunking; in training
+    mode with the same PMD dropout draws (per pair, as v1 draws them)."""
+    model = _model(pmd_chunk_size=chunk).double().train(mode == "train")
     model.set_grad_checkpointing(checkpointing)
     g = torch.Generator().manual_seed(1)
     images = torch.randn(4, 3, 64, 64, generator=g, dtype=torch.float64)
     frames = torch.randn(4, 3, 3, 64, 64, generator=g, dtype=torch.float64)
     mask = _mask(4, 3)
 
+    torch.manual_seed(7)
     loss = model(images, frames, mask)["loss"]
     loss.backward()
     grads = {k: p.grad.clone() for k, p in model.named_parameters()}
     model.zero_grad()
+    torch.manual_seed(7)
     expected = _masked_step(model, images, frames, mask)
     expected.backward()
     torch.testing.assert_close(loss, expected, rtol=0, atol=1e-10)
     for k, p in model.named_parameters():
         torch.testing.assert_close(grads[k], p.grad, rtol=1e-7, atol=1e-10, msg=k)
+
+
+def test_shared_dropout_draws_the_query_dropout_once_per_image():
+    """With it a pair repeated twice scores the same (one draw per image); by default each pair draws its own."""
+    model = _model().train()
+    model.cross.transformer.cross_attention.attn.dropout.p = 0.0  # only the query dropout is random here
+    image_tokens, video_tokens = torch.randn(1, 17, 64), torch.randn(1, 3 * 17, 64)
+    mask, twice = torch.ones(1, 3 * 17, dtype=torch.bool), torch.zeros(2, dtype=torch.long)
+    with torch.no_grad():
+        per_pair = model.score_pairs(image_tokens, video_tokens, mask, twice, twice)
+        model.set_pmd_shared_dropout(True)
+        shared = model.score_pairs(image_tokens, video_tokens, mask, twice, twice)
+    assert per_pair[0] != per_pair[1]
+    assert shared[0] == shared[1]
