@@ -54,6 +54,7 @@ def build_model(args: argparse.Namespace) -> RICEModel:
     if args.grad_checkpointing:
         model.set_grad_checkpointing(True)
     model.set_pmd_chunk_size(args.pmd_chunk_size)
+    model.set_pmd_shared_dropout(args.pmd_shared_dropout)
     return model
 
 

@@ -65,6 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--grad_checkpointing", action="store_true",
                        help="recompute encoder blocks and PMD chunks in the backward pass (less memory)")
     add_pmd_chunk_size(model)
+    model.add_argument("--pmd_shared_dropout", action="store_true",
+                       help="draw the PMD query dropout once per image, shared by its candidate pairs, so the "
+                       "decoder's self blocks run once per image instead of once per pair (a faster PMD part; "
+                       "changes the training noise: v1 draws it per pair, the default; docs/training.md)")
 
     optim = p.add_argument_group("optimisation (v1 recipe, docs/training.md)")
     optim.add_argument("--batch_size", type=int, default=96,
