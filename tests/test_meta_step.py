@@ -165,3 +165,23 @@ def test_shared_dropout_draws_the_query_dropout_once_per_image():
         shared = model.score_pairs(image_tokens, video_tokens, mask, twice, twice)
     assert per_pair[0] != per_pair[1]
     assert shared[0] == shared[1]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_cuda_step_never_synchronizes():
+    """On a GPU, forward and backward of the step under CUDA's sync debug mode "error" (host mask, pinned)."""
+    device = torch.device("cuda")
+    model = _model(pmd_chunk_size=5).train().to(device)
+    images, frames = torch.randn(4, 3, 64, 64, device=device), torch.randn(4, 3, 3, 64, 64, device=device)
+    mask = _mask(4, 3).pin_memory()
+    model(images, frames, mask)["loss"].backward()  # warm-up: library handles and workspaces are made once
+    torch.cuda.synchronize(device)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for checkpointing in (False, True):
+            model.set_grad_checkpointing(checkpointing)
+            model(images, frames, mask)["loss"].backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    torch.cuda.synchronize(device)
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
