@@ -71,8 +71,9 @@ def add_pmd_chunk_size(group) -> None:
     """`--pmd_chunk_size`, the pairs PMD decodes at once (training and re-ranking alike)."""
     group.add_argument("--pmd_chunk_size", type=int, default=None,
                        help="(image, video) pairs the PMD decoder scores at once, in training and in PMD "
-                       "re-ranking: bounds the decoder's memory; scores do not depend on it (training's dropout "
-                       "draws do) (default: 16 on CPU, 256 on CUDA; docs/training.md)")
+                       "re-ranking: it bounds the decoder's memory and leaves the scores unchanged (only "
+                       "training's random dropout draws depend on it). Default: 16 on CPU, 256 on CUDA "
+                       "(docs/training.md)")
 
 
 def load_config(parser: argparse.ArgumentParser, path: str) -> dict:
