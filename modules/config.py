@@ -76,7 +76,7 @@ class RICEConfig:
     pmd_weight: float = 1.0
     pfr_weight: float = 0.05
     num_hard_negatives: int = 3
-    pmd_chunk_size: int = 16  # pairs per PMD chunk
+    pmd_chunk_size: int | None = None  # pairs PMD decodes at once; None: by device (modules/rice.py)
 
     def __post_init__(self):
         check_heads(self.sim_header, self.recons_feat)
@@ -84,7 +84,7 @@ class RICEConfig:
             value = getattr(self, name)
             if value not in STYLES and not (name == "transform_style" and value is None):
                 raise ConfigError(f"{name} must be one of {STYLES}, got {value!r}")
-        if self.pmd_chunk_size < 1 or self.num_hard_negatives < 0:
+        if (self.pmd_chunk_size is not None and self.pmd_chunk_size < 1) or self.num_hard_negatives < 0:
             raise ConfigError("pmd_chunk_size must be >= 1 and num_hard_negatives >= 0")
 
     @property

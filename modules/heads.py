@@ -70,22 +70,31 @@ class CrossAttention(nn.Module):
         self.value = nn.Linear(width, width)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(
-        self, x: torch.Tensor, y: torch.Tensor, key_mask: torch.Tensor, y_index: torch.Tensor | None = None
+    def project_keys(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """y [V, M, E] -> keys and values [V, H, M, Dh], once per video."""
+        videos, m, width = y.shape
+        dh = width // self.heads
+        k = self.key(y).view(videos, m, self.heads, dh).transpose(1, 2)
+        v = self.value(y).view(videos, m, self.heads, dh).transpose(1, 2)
+        return k, v
+
+    def attend(
+        self,
+        x: torch.Tensor,
+        keys: tuple[torch.Tensor, torch.Tensor],
+        key_mask: torch.Tensor,
+        y_index: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """x [P, N, E] queries; y [V, M, E] keys/values of V videos, key_mask [V, M] bool (True = valid);
+        """x [P, N, E] queries; keys = `project_keys` of V videos, key_mask [V, M] bool (True = valid);
         y_index [P] long: the video of each query row (None: V = P, row i has video i).
 
-        Keys and values are projected once per video and then gathered, so a
-        video scored against several images costs one projection.
         Returns the attended values [P, N, E] and the attention probabilities
         [P, H, N, M] (fp32, before dropout).
         """
         p, n, width = x.shape
-        videos, m, dh = y.shape[0], y.shape[1], width // self.heads
+        dh = width // self.heads
+        k, v = keys
         q = self.query(x).view(p, n, self.heads, dh).transpose(1, 2)  # [P, H, N, Dh]
-        k = self.key(y).view(videos, m, self.heads, dh).transpose(1, 2)  # [V, H, M, Dh]
-        v = self.value(y).view(videos, m, self.heads, dh).transpose(1, 2)  # [V, H, M, Dh]
         if y_index is not None:
             k, v, key_mask = k[y_index], v[y_index], key_mask[y_index]  # [P, ...]
         scores = at_least_fp32(q @ k.transpose(-1, -2)) * dh**-0.5  # [P, H, N, M]
@@ -93,6 +102,12 @@ class CrossAttention(nn.Module):
         probs = scores.softmax(dim=-1)
         out = self.dropout(probs).to(v.dtype) @ v  # [P, H, N, Dh]
         return out.transpose(1, 2).reshape(p, n, width), probs
+
+    def forward(
+        self, x: torch.Tensor, y: torch.Tensor, key_mask: torch.Tensor, y_index: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`attend` over the keys of y [V, M, E]: each video is projected once, then gathered by y_index."""
+        return self.attend(x, self.project_keys(y), key_mask, y_index)
 
 
 class CrossAttentionBlock(nn.Module):
@@ -105,12 +120,25 @@ class CrossAttentionBlock(nn.Module):
         self.ln_2 = nn.LayerNorm(width, eps=PMD_LAYER_NORM_EPS)
         self.mlp = clip_mlp(width)
 
+    def video_side(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values [V, H, M, Dh] of videos y [V, M, E]: the part that depends on the video only."""
+        return self.attn.project_keys(self.ln_1(y))
+
+    def attend(
+        self,
+        x: torch.Tensor,
+        keys: tuple[torch.Tensor, torch.Tensor],
+        key_mask: torch.Tensor,
+        y_index: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        attended, probs = self.attn.attend(self.ln_1(x), keys, key_mask, y_index)
+        x = x + attended
+        return x + self.mlp(self.ln_2(x)), probs
+
     def forward(
         self, x: torch.Tensor, y: torch.Tensor, key_mask: torch.Tensor, y_index: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        attended, probs = self.attn(self.ln_1(x), self.ln_1(y), key_mask, y_index)
-        x = x + attended
-        return x + self.mlp(self.ln_2(x)), probs
+        return self.attend(x, self.video_side(y), key_mask, y_index)
 
 
 class CrossTransformer(nn.Module):
@@ -125,12 +153,16 @@ class CrossTransformer(nn.Module):
         )
         self.cross_attention = CrossAttentionBlock(width, heads, dropout)
 
+    def self_blocks(self, x: torch.Tensor) -> torch.Tensor:
+        """The self blocks over the queries [P, N, E]: they see the image side only."""
+        for block in self.resblocks:
+            x = block(x)
+        return x
+
     def forward(
         self, x: torch.Tensor, y: torch.Tensor, key_mask: torch.Tensor, y_index: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        for block in self.resblocks:
-            x = block(x)
-        return self.cross_attention(x, y, key_mask, y_index)
+        return self.cross_attention(self.self_blocks(x), y, key_mask, y_index)
 
 
 class Pooler(nn.Module):
@@ -151,6 +183,13 @@ class PairwiseMatchingDecoder(nn.Module):
 
     The score itself is `similarity_dense(pooled)`, a layer the model owns
     because v1 stores it outside `cross.*`.
+
+    A pair's computation splits into an image side (position embeddings,
+    dropout, the self blocks: `image_side`), a video side (the cross block's
+    LayerNorm and key/value projections: `video_side`) and the pair part (the
+    cross block's queries, attention and MLP, the pooler: `decode`). Scoring
+    many pairs runs each side once per image and once per video and gathers
+    them by index; the numbers are those of running every pair alone.
     """
 
     def __init__(self, width: int, heads: int, depth: int, num_queries: int, dropout: float = PMD_DROPOUT):
@@ -161,31 +200,57 @@ class PairwiseMatchingDecoder(nn.Module):
         self.transformer = CrossTransformer(width, heads, depth, dropout)
         self.pooler = Pooler(width)
 
+    def image_side(self, image_tokens: torch.Tensor) -> torch.Tensor:
+        """[I, N, E] image tokens -> [I, N, E] queries of the cross block (positions, dropout, self blocks)."""
+        return self.transformer.self_blocks(self.dropout(self.embeddings(image_tokens)))
+
+    def video_side(self, video_tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """[V, M, E] video tokens -> the cross block's keys and values, each [V, H, M, Dh]."""
+        return self.transformer.cross_attention.video_side(video_tokens)
+
+    def decode(
+        self,
+        queries: torch.Tensor,
+        keys: tuple[torch.Tensor, torch.Tensor],
+        video_mask: torch.Tensor,
+        video_index: torch.Tensor | None = None,
+        image_index: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The pair part: pair p is (queries[image_index[p]], video video_index[p]); an index left None
+        means row p of that side. Returns pooled [P, E] and attention [P, H, N, M] as `forward` does."""
+        x = queries if image_index is None else queries[image_index]
+        x, attention = self.transformer.cross_attention.attend(x, keys, video_mask, video_index)
+        return self.pooler(x), attention
+
     def forward(
         self,
         image_tokens: torch.Tensor,
         video_tokens: torch.Tensor,
         video_mask: torch.Tensor,
         video_index: torch.Tensor | None = None,
+        image_index: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Decode P pairs.
 
         Args:
-            image_tokens: [P, N, E] projected image tokens, CLS first.
+            image_tokens: [I, N, E] projected image tokens, CLS first.
             video_tokens: [V, M, E] projected tokens of all frames (M = T·N) of V videos.
             video_mask: [V, M] bool, True = a token of a real frame.
             video_index: [P] long, the video of each pair; None when V = P and
-                pair i is (image i, video i). Pass each video once with an
-                index when videos repeat (re-ranking, hard negatives): the
-                video side of the cross block then runs once per video.
+                pair i is (image i, video i).
+            image_index: [P] long, the image of each pair; None when I = P and
+                pair i has image i.
+            Pass each image and each video once with an index when they repeat
+            (re-ranking, hard negatives): each side then runs once per image
+            or video. In training mode the query dropout is then drawn once
+            per image, shared by that image's pairs.
 
         Returns:
             pooled: [P, E] pair features.
             attention: [P, H, N, M] cross-attention probabilities (fp32).
         """
-        x = self.dropout(self.embeddings(image_tokens))
-        x, attention = self.transformer(x, video_tokens, video_mask, video_index)
-        return self.pooler(x), attention
+        return self.decode(self.image_side(image_tokens), self.video_side(video_tokens), video_mask,
+                           video_index, image_index)
 
 
 class ReconstructionWeights(nn.Module):

@@ -15,6 +15,13 @@ tokens are zeros, they are left out of every mean, their keys are masked in
 the PMD cross attention and their patches are zero in PFR, so their pixels
 cannot change any output.
 
+No device waits: a training step's forward and backward contain no
+data-dependent device operation (no boolean-mask indexing, no nonzero, no
+reading of a device value), so a GPU step never makes the host wait for the
+device. The valid frames are found on the host, from the host copy of the
+frame mask, and gathered and scattered on the device by index; the PMD
+candidates and pairs stay on the device with fixed shapes (docs/design.md).
+
 Distributed training: each process computes the losses of its local pairs
 against the batch gathered from all processes (see modules/losses.py and docs/training.md). ICL
 negatives and PMD hard negatives therefore come from the GLOBAL batch, and the
@@ -25,6 +32,7 @@ batch. Shards must have equal shapes (same batch size and frame count).
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import torch
@@ -49,6 +57,31 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# Pairs PMD decodes at once when --pmd_chunk_size is not given (docs/training.md): small chunks keep a CPU
+# in its caches; on a GPU each chunk is a handful of small kernel launches, so chunks are larger.
+PMD_CHUNK_SIZE = {"cpu": 16, "cuda": 256}
+
+
+def default_pmd_chunk_size(device: torch.device) -> int:
+    return PMD_CHUNK_SIZE.get(device.type, PMD_CHUNK_SIZE["cpu"])
+
+
+def valid_frames(frame_mask: torch.Tensor) -> torch.Tensor:
+    """Flat positions b·T + t [F] of the real frames of a [B, T] mask, found where the mask is.
+
+    Pass the host copy of the mask: on a device mask, learning F makes the host wait for the device.
+    """
+    return frame_mask.reshape(-1).nonzero().squeeze(1)
+
+
+def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Copy a host tensor to `device` without waiting for the device (from pinned memory on CUDA)."""
+    if x.device == device:
+        return x
+    if device.type == "cuda" and not x.is_pinned():
+        x = x.pin_memory()
+    return x.to(device, non_blocking=True)
+
 
 class RICEModel(nn.Module):
     def __init__(self, config: RICEConfig):
@@ -67,6 +100,7 @@ class RICEModel(nn.Module):
         if config.recons_feat:
             self.recons_weights = ReconstructionWeights(config.pmd_heads)
         self.grad_checkpointing = False
+        self.pmd_shared_dropout = False
 
     # ---------------------------------------------------------------- building
     @classmethod
@@ -143,6 +177,26 @@ class RICEModel(nn.Module):
         self.visual.set_grad_checkpointing(enable)
         self.grad_checkpointing = enable
 
+    def set_pmd_chunk_size(self, size: int | None) -> None:
+        """Pairs PMD decodes at once (training and `score_pairs`); None: by device (`PMD_CHUNK_SIZE`)."""
+        self.config = replace(self.config, pmd_chunk_size=size)
+
+    def pmd_chunk_size(self, device: torch.device) -> int:
+        return self.config.pmd_chunk_size or default_pmd_chunk_size(device)
+
+    def set_pmd_shared_dropout(self, enable: bool = True) -> None:
+        """Training: draw PMD's query dropout once per image, shared by its candidate pairs (v1: per pair).
+
+        The decoder's image side (positions, dropout, self blocks) then runs
+        once per image instead of once per pair. Without dropout (eval mode)
+        it always runs once per image, with the per-pair numbers.
+        """
+        self.pmd_shared_dropout = enable
+
+    def _image_side_per_pair(self) -> bool:
+        """Whether each pair needs its own image side: a per-pair dropout draw is active."""
+        return self.cross.training and self.cross.dropout.p > 0 and not self.pmd_shared_dropout
+
     # ---------------------------------------------------------------- encoding
     def encode_images(self, images: torch.Tensor, return_tokens: bool = False):
         """images [B,3,H,W] -> (emb [B,E] L2-normalised, tokens [B,N,E] or None)."""
@@ -150,20 +204,24 @@ class RICEModel(nn.Module):
         emb, tokens = self.visual(images, return_tokens)
         return nn.functional.normalize(emb, dim=-1), tokens
 
-    def encode_videos(self, frames: torch.Tensor, frame_mask: torch.Tensor, return_tokens: bool = False):
+    def encode_videos(self, frames: torch.Tensor, frame_mask: torch.Tensor, return_tokens: bool = False,
+                      frame_index: torch.Tensor | None = None):
         """frames [B,T,3,H,W], frame_mask [B,T] bool -> (emb [B,E], tokens [B,T*N,E] | None, mask [B,T*N] | None).
 
         A video with no valid frame gets a zero embedding and all-False token mask.
+        Give the host copy of the mask, or with a device mask its `valid_frames`
+        (see `encode_pairs`); the returned token mask is on the frames' device.
         """
         _check_frames(frames, frame_mask, self.config.vision.image_size)
-        emb, tokens = self.visual(frames[frame_mask], return_tokens)
-        return self._video_outputs(emb, tokens, frame_mask)
+        index, mask = _frame_plan(frame_mask, frame_index, frames.device)
+        emb, tokens = self.visual(frames.flatten(0, 1)[index], return_tokens)
+        return self._video_outputs(emb, tokens, index, mask)
 
-    def _video_outputs(self, frame_emb, frame_tokens, frame_mask):
-        """Scatter per-valid-frame outputs back to [B, T, ...] (zeros for padding) and pool."""
+    def _video_outputs(self, frame_emb, frame_tokens, index, frame_mask):
+        """Scatter per-valid-frame outputs (flat positions `index`) back to [B, T, ...] (zeros for padding), pool."""
         b, t = frame_mask.shape
-        emb = frame_emb.new_zeros(b, t, frame_emb.shape[-1])
-        emb[frame_mask] = frame_emb
+        e = frame_emb.shape[-1]
+        emb = frame_emb.new_zeros(b * t, e).index_copy(0, index, frame_emb).view(b, t, e)
         if self.config.video_pooling == "v1":
             emb = nn.functional.normalize(emb, dim=-1)  # zero rows stay zero
         count = frame_mask.sum(dim=1, keepdim=True).clamp(min=1).to(emb.dtype)
@@ -171,10 +229,9 @@ class RICEModel(nn.Module):
         if frame_tokens is None:
             return video_emb, None, None
         n, e = frame_tokens.shape[1:]
-        tokens = frame_tokens.new_zeros(b, t, n, e)
-        tokens[frame_mask] = frame_tokens
+        tokens = frame_tokens.new_zeros(b * t, n, e).index_copy(0, index, frame_tokens)
         token_mask = frame_mask[:, :, None].expand(b, t, n).reshape(b, t * n)
-        return video_emb, tokens.reshape(b, t * n, e), token_mask
+        return video_emb, tokens.view(b, t * n, e), token_mask
 
     # ---------------------------------------------------------------- scoring
     def score_pairs(
@@ -183,29 +240,61 @@ class RICEModel(nn.Module):
         video_tokens: torch.Tensor,
         video_token_mask: torch.Tensor,
         video_index: torch.Tensor | None = None,
+        image_index: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Raw PMD scores (no ×100) of P pairs: [P,N,E], [V,M,E], [V,M] bool, video_index [P] -> [P].
+        """Raw PMD scores (no ×100) of P pairs: [I,N,E], [V,M,E], [V,M] bool, video_index [P], image_index [P] -> [P].
 
-        Without `video_index`, V = P and pair i is (image i, video i). With it,
-        pair i is (image i, video video_index[i]) and each video's keys and
-        values are computed once. The caller bounds P (memory grows as P·H·N·M).
+        Pair i is (image image_index[i], video video_index[i]); an index left
+        None means row i of that side. The decoder's video side runs once per
+        video and (without a per-pair dropout draw, e.g. in eval mode) its
+        image side once per image; the pairs are then decoded
+        `pmd_chunk_size` at a time (memory grows with the chunk as H·N·M).
         """
         if self.cross is None:
             raise RuntimeError("score_pairs needs the PMD head (sim_header='cross_attention')")
-        pooled, _ = self.cross(image_tokens, video_tokens, video_token_mask, video_index)
-        return pair_scores(pooled, self.similarity_dense)
+        device = image_tokens.device
+        pairs = len(next((i for i in (video_index, image_index) if i is not None), image_tokens))
+        pair_image = image_index if image_index is not None else torch.arange(pairs, device=device)
+        pair_video = video_index if video_index is not None else torch.arange(pairs, device=device)
+        keys, per_pair = self.cross.video_side(video_tokens), self._image_side_per_pair()
+        queries = image_tokens if per_pair else self.cross.image_side(image_tokens)
+        chunk, scores = self.pmd_chunk_size(device), []
+        for start in range(0, pairs, chunk):
+            part = slice(start, start + chunk)
+            pooled, _ = self._decode(queries, keys, video_token_mask, pair_video[part], pair_image[part], per_pair)
+            scores.append(pair_scores(pooled, self.similarity_dense))
+        return torch.cat(scores)
+
+    def _decode(self, queries, keys, token_mask, pair_video, pair_image, per_pair: bool):
+        """Decode pairs (image pair_image[i], video pair_video[i]); `queries` are image tokens when
+        `per_pair` (each pair runs the image side itself), else the image side's output per image."""
+        if per_pair:
+            return self.cross.decode(self.cross.image_side(queries[pair_image]), keys, token_mask, pair_video)
+        return self.cross.decode(queries, keys, token_mask, pair_video, pair_image)
 
     # ---------------------------------------------------------------- training
-    def forward(self, images: torch.Tensor, frames: torch.Tensor, frame_mask: torch.Tensor) -> dict:
-        """One training step's losses for B local pairs (images [B,3,H,W], frames [B,T,3,H,W], mask [B,T])."""
-        return self.pair_losses(self.encode_pairs(images, frames, frame_mask))
+    def forward(self, images: torch.Tensor, frames: torch.Tensor, frame_mask: torch.Tensor,
+                frame_index: torch.Tensor | None = None) -> dict:
+        """One training step's losses for B local pairs (images [B,3,H,W], frames [B,T,3,H,W], mask [B,T]).
 
-    def encode_pairs(self, images: torch.Tensor, frames: torch.Tensor, frame_mask: torch.Tensor) -> dict:
+        The mask and `frame_index` as in `encode_pairs`.
+        """
+        return self.pair_losses(self.encode_pairs(images, frames, frame_mask, frame_index))
+
+    def encode_pairs(self, images: torch.Tensor, frames: torch.Tensor, frame_mask: torch.Tensor,
+                     frame_index: torch.Tensor | None = None) -> dict:
         """The features the losses need, from one encoder pass over the images and the valid frames.
 
         Returns {"image_emb" [B,E], "video_emb" [B,E] (L2-normalised), and with
         PMD "image_tokens" [B,N,E], "video_tokens" [B,T*N,E], "token_mask"
         [B,T*N] bool}. Padded frames are never encoded.
+
+        `frame_mask` may stay on the host: the valid frames are then found
+        there and their positions copied to the device once. A caller that
+        has already moved the mask to the device (e.g. through
+        DistributedDataParallel) passes `frame_index`, the mask's
+        `valid_frames` found on the host and moved alike; without it a device
+        mask costs one device wait.
         """
         size = self.config.vision.image_size
         _check_images(images, size)
@@ -213,10 +302,11 @@ class RICEModel(nn.Module):
         if frames.shape[0] != images.shape[0]:
             raise ValueError(f"{images.shape[0]} images but {frames.shape[0]} videos; pairs must align")
         b, want_tokens = images.shape[0], self.cross is not None
-        emb, tok = self.visual(torch.cat([images, frames[frame_mask]]), want_tokens)
+        index, mask = _frame_plan(frame_mask, frame_index, frames.device)
+        emb, tok = self.visual(torch.cat([images, frames.flatten(0, 1)[index]]), want_tokens)
         features = {"image_emb": nn.functional.normalize(emb[:b], dim=-1)}
         video_emb, video_tokens, token_mask = self._video_outputs(
-            emb[b:], tok[b:] if want_tokens else None, frame_mask
+            emb[b:], tok[b:] if want_tokens else None, index, mask
         )
         features["video_emb"] = video_emb
         if want_tokens:
@@ -257,53 +347,53 @@ class RICEModel(nn.Module):
         """PMD scores [B, C] of each local image with its C candidate videos, in chunks of pairs.
 
         Also returns the PFR squared error summed over the positive pairs
-        (column 0), computed from the same decoder pass. With gradient
-        checkpointing each chunk is recomputed in the backward pass, so only
-        one chunk's decoder activations are alive at a time.
+        (column 0), computed from the same decoder pass.
 
-        The chunks are planned on the host from one copy of `candidates`, so a
-        GPU step waits for the device once here, not once or twice per chunk.
+        The plan has fixed shapes and stays on the device: the decoder's video
+        side runs once per gathered video, its image side once per local
+        image (or, with a per-pair dropout draw, the v1 default in training,
+        once per pair inside the chunks), and chunk k decodes pairs
+        [k·S, (k+1)·S) of the B·C pairs (image p // C, video
+        candidates.flatten()[p]), gathered by index. With gradient
+        checkpointing each part is recomputed in the backward pass, so only
+        one chunk's pair activations are alive at a time.
         """
         b, c = candidates.shape
         device = image_tokens.device
-        image_index = torch.arange(b).repeat_interleave(c)  # [B*C], host
-        video_index = candidates.reshape(-1).cpu()  # [B*C], host
-        positive = torch.arange(b * c) % c == 0  # column 0 of each image: its positive video
-        chunk = self.config.pmd_chunk_size
+        per_pair = self._image_side_per_pair()
+        queries = image_tokens if per_pair else self._maybe_checkpoint(self.cross.image_side, image_tokens)
+        keys = self._maybe_checkpoint(self.cross.video_side, all_video_tokens)  # 2 x [G, H, M, Dh]
+        pair_image = torch.arange(b * c, device=device) // c  # [B*C]
+        pair_video = candidates.reshape(-1)  # [B*C]
+        chunk = self.pmd_chunk_size(device)
         scores, pfr_sum = [], 0.0
         for start in range(0, b * c, chunk):
             part = slice(start, start + chunk)
-            # Each distinct candidate video of the chunk goes through the decoder's video side once.
-            videos, pair_video = torch.unique(video_index[part], return_inverse=True)
-            videos = videos.to(device, non_blocking=True)
-            args = (
-                image_tokens[image_index[part].to(device, non_blocking=True)],
-                all_video_tokens[videos],
-                all_token_mask[videos],
-                pair_video.to(device, non_blocking=True),
-                positive[part],  # host
-            )
-            if self.grad_checkpointing and torch.is_grad_enabled():
-                s, err = checkpoint(self._score_chunk, *args, use_reentrant=False)
-            else:
-                s, err = self._score_chunk(*args)
+            first_positive = -start % c  # row of the chunk's first positive pair (column 0)
+            s, err = self._maybe_checkpoint(self._score_chunk, queries, *keys, all_token_mask, pair_video[part],
+                                            pair_image[part], image_tokens, all_video_tokens, first_positive, c,
+                                            per_pair)
             scores.append(s)
             pfr_sum = pfr_sum + err
         return torch.cat(scores).view(b, c), pfr_sum
 
-    def _score_chunk(self, image_tokens, video_tokens, video_mask, pair_video, positive):
-        """Scores of one chunk of pairs (image i, video pair_video[i]) and their PFR error.
+    def _maybe_checkpoint(self, fn, *args):
+        if self.grad_checkpointing and torch.is_grad_enabled():
+            return checkpoint(fn, *args, use_reentrant=False)
+        return fn(*args)
 
-        `positive` [P] bool (host) marks the pairs whose PFR error counts; it
-        becomes row numbers on the host, since a boolean mask on a GPU would
-        make the host wait to learn how many rows it selects.
+    def _score_chunk(self, queries, keys, values, token_mask, pair_video, pair_image, image_tokens, video_tokens,
+                     first_positive, c, per_pair):
+        """Scores of one chunk of pairs (image pair_image[i], video pair_video[i]) and their PFR error.
+
+        Every c-th pair from row `first_positive` on is a positive pair; its
+        PFR error counts. Those rows are a strided slice, known on the host.
         """
-        pooled, attention = self.cross(image_tokens, video_tokens, video_mask, pair_video)
+        pooled, attention = self._decode(queries, (keys, values), token_mask, pair_video, pair_image, per_pair)
         scores = pair_scores(pooled, self.similarity_dense)
-        rows = positive.nonzero().squeeze(1)
-        if self.recons_weights is None or rows.numel() == 0:
+        if self.recons_weights is None or first_positive >= len(pair_video):
             return scores, scores.new_zeros(())
-        rows = rows.to(scores.device, non_blocking=True)
+        rows = slice(first_positive, None, c)
         # PFR on the positive pairs: CLS rows/columns dropped, padded frames zeroed.
         n, e = image_tokens.shape[1:]
         with torch.autocast(device_type=scores.device.type, enabled=False):
@@ -311,9 +401,26 @@ class RICEModel(nn.Module):
         p = weights.shape[0]
         positive_video = pair_video[rows]
         video = video_tokens[positive_video].view(p, -1, n, e)[:, :, 1:]  # [P+, T, N-1, E]
-        frame_valid = video_mask[positive_video].view(p, -1, n)[:, :, 1:, None]
+        frame_valid = token_mask[positive_video].view(p, -1, n)[:, :, 1:, None]
         video = (video * frame_valid).reshape(p, -1, e)
-        return scores, reconstruction_error(weights, video, image_tokens[rows][:, 1:])
+        return scores, reconstruction_error(weights, video, image_tokens[pair_image[rows]][:, 1:])
+
+
+def _frame_plan(frame_mask: torch.Tensor, frame_index: torch.Tensor | None, device: torch.device):
+    """(flat positions [F] of the valid frames, the mask [B, T]), both on `device`, with no device wait.
+
+    From a host mask: positions found on the host and copied once; the device
+    mask is rebuilt from them on the device. From a device mask: `frame_index`
+    when given (found on the host by the caller), else found on the device
+    (one wait).
+    """
+    if frame_index is None:
+        frame_index = valid_frames(frame_mask)
+    index = to_device(frame_index, device)
+    if frame_mask.device == device:
+        return index, frame_mask
+    mask = torch.zeros(frame_mask.numel(), dtype=torch.bool, device=device).index_fill_(0, index, True)
+    return index, mask.view(frame_mask.shape)
 
 
 def _check_images(images: torch.Tensor, size: int) -> None:

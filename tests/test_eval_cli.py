@@ -27,6 +27,7 @@ from dataloaders.transforms import build_transform, load_rgb
 from modules.checkpoint import load_checkpoint
 from modules.clip_vit import ResidualAttentionBlock
 from modules.config import VISION_CONFIGS
+from modules.heads import PairwiseMatchingDecoder
 from modules.rice import RICEConfig, RICEModel
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -193,6 +194,29 @@ def test_pmd_reranking_scores_and_order(data, ckpts, tmp_path):
         np.testing.assert_allclose([e["pmd_score"] for e in top], expected.numpy(), atol=1e-4)
 
 
+
+def test_pmd_chunk_size_sets_the_reranking_chunks_not_the_scores(data, ckpts, tmp_path, monkeypatch):
+    chunks = []  # pairs of every PMD decoder call
+    real = PairwiseMatchingDecoder.decode
+
+    def spy(self, queries, keys, video_mask, video_index=None, image_index=None):
+        chunks.append(len(video_index))
+        return real(self, queries, keys, video_mask, video_index, image_index)
+
+    monkeypatch.setattr(PairwiseMatchingDecoder, "decode", spy)
+    flags = ("--sim_header", "cross_attention", "--rerank_topk", "4")
+    run_eval(data, ckpts["ours.pt"], tmp_path / "default", *flags)
+    pairs = sum(chunks)
+    assert chunks == [16] * (pairs // 16) + ([pairs % 16] if pairs % 16 else [])  # 16 on the CPU by default
+    chunks.clear()
+    run_eval(data, ckpts["ours.pt"], tmp_path / "small", *flags, "--pmd_chunk_size", "3")
+    assert sum(chunks) == pairs and max(chunks) == 3 and len(chunks) >= pairs // 3
+    scores = [[e.get("pmd_score") for e in r["ranking"]] for r in read_rankings(tmp_path / "default")]
+    small = [[e.get("pmd_score") for e in r["ranking"]] for r in read_rankings(tmp_path / "small")]
+    # rankings.jsonl keeps 6 decimals: one unit of rounding either way.
+    np.testing.assert_allclose(np.array(small, dtype=float), np.array(scores, dtype=float), rtol=0, atol=2e-6)
+
+
 def test_default_reranking_depth_and_one_stage(data, ckpts, tmp_path):
     metrics = run_eval(data, ckpts["ours.pt"], tmp_path / "rerank", "--sim_header", "cross_attention")
     assert metrics["ranking"] == "pmd_rerank" and metrics["rerank_topk"] == 5
@@ -211,6 +235,7 @@ def test_default_reranking_depth_and_one_stage(data, ckpts, tmp_path):
         ("v1_pmd.bin", ["--sim_header", "cross_attention", "--cross_num_hidden_layers", "3"], "has 2"),
         ("v1_pmd.bin", ["--recons_feat"], "needs --sim_header cross_attention"),
         ("v1_pmd.bin", ["--batch_size", "0"], "--batch_size must be >= 1"),
+        ("v1_pmd.bin", ["--pmd_chunk_size", "0"], "--pmd_chunk_size must be >= 1"),
         ("v1_pmd.bin", ["--precision", "fp16"], "fp16 needs a GPU"),
     ],
 )

@@ -235,3 +235,47 @@ def test_score_pairs_with_video_index():
         want = model.score_pairs(image_tokens, video_tokens[index], mask[index])
     assert got.shape == (5,)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_image_side_once_per_image_equals_decoding_every_pair_alone():
+    """Self blocks run once per image and gathered by image_index: the numbers of running each pair's
+    self blocks alone (fp32, within 1e-6), forward and backward; dropout off."""
+    torch.manual_seed(0)
+    decoder = PairwiseMatchingDecoder(width=32, heads=4, depth=3, num_queries=5).eval()  # two self blocks
+    images = torch.randn(3, 5, 32, requires_grad=True)
+    videos = torch.randn(4, 12, 32, requires_grad=True)
+    mask = torch.ones(4, 12, dtype=torch.bool)
+    mask[2, 6:] = False
+    image_index = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2, 0])
+    video_index = torch.tensor([0, 1, 2, 3, 0, 2, 1, 3, 3])
+
+    results = []
+    for args in ((images, videos, mask, video_index, image_index),
+                 (images[image_index], videos[video_index], mask[video_index])):  # every pair alone
+        decoder.zero_grad()
+        images.grad, videos.grad = None, None
+        pooled, attention = decoder(*args)
+        (pooled.square().sum() + attention.sum()).backward()
+        grads = [p.grad.clone() for p in decoder.parameters()] + [images.grad.clone(), videos.grad.clone()]
+        results.append((pooled.detach(), attention.detach(), grads))
+    (pooled, attention, grads), (ref_pooled, ref_attention, ref_grads) = results
+    torch.testing.assert_close(pooled, ref_pooled, rtol=0, atol=1e-6)
+    torch.testing.assert_close(attention, ref_attention, rtol=0, atol=1e-6)
+    for got, want in zip(grads, ref_grads):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_score_pairs_in_chunks_with_both_indices_equals_every_pair_alone():
+    vision = VisionConfig(image_size=32, patch_size=16, width=32, layers=1, heads=2, embed_dim=32)
+    torch.manual_seed(0)
+    model = RICEModel(RICEConfig(vision=vision, sim_header="cross_attention", pmd_heads=4, pmd_chunk_size=2)).eval()
+    image_tokens, video_tokens = torch.randn(3, 5, 32), torch.randn(2, 10, 32)
+    mask = torch.ones(2, 10, dtype=torch.bool)
+    mask[1, 5:] = False
+    image_index, video_index = torch.tensor([2, 0, 1, 2, 0]), torch.tensor([1, 0, 1, 1, 0])
+    with torch.no_grad():
+        got = model.score_pairs(image_tokens, video_tokens, mask, video_index, image_index)  # 3 chunks
+        want = torch.stack([model.score_pairs(image_tokens[[i]], video_tokens[[v]], mask[[v]])[0]
+                            for i, v in zip(image_index.tolist(), video_index.tolist())])
+    assert got.shape == (5,)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-6)

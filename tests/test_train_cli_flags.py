@@ -19,6 +19,7 @@ import yaml
 import lpr4m_train
 from modules.checkpoint import load_checkpoint
 from modules.config import VISION_CONFIGS
+from modules.heads import PairwiseMatchingDecoder
 from tests.clip_state_dicts import openai_state_dict
 from utils.train import trainer
 from utils.train.logs import read_log
@@ -182,6 +183,39 @@ def test_grad_checkpointing_changes_memory_not_results(small_data, tmp_path):
     noise_only = "similarity_dense.bias"
     assert (a[noise_only] - b[noise_only]).abs().max() < 1e-5
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a if k != noise_only)
+
+
+
+def test_pmd_chunk_size_sets_the_decoder_chunks(small_data, tmp_path, monkeypatch, expect_error):
+    chunks = []  # pairs of every PMD decoder call
+    real = PairwiseMatchingDecoder.decode
+
+    def spy(self, queries, keys, video_mask, video_index=None, image_index=None):
+        chunks.append(len(video_index))
+        return real(self, queries, keys, video_mask, video_index, image_index)
+
+    monkeypatch.setattr(PairwiseMatchingDecoder, "decode", spy)
+    pmd = ("--sim_header", "cross_attention", "--recons_feat")
+    _run(small_data, tmp_path / "default", *pmd, steps=1)
+    assert chunks == [16, 16]  # 8 pairs x (1 + 3 hard negatives); 16 on the CPU by default
+    chunks.clear()
+    small = _run(small_data, tmp_path / "small", *pmd, "--pmd_chunk_size", "5", steps=1)
+    assert chunks == [5] * 6 + [2] and small["model"].config.pmd_chunk_size == 5
+    # That the scores and gradients do not depend on the chunks: tests/test_meta_step.py.
+    with expect_error("--pmd_chunk_size must be >= 1"):
+        _run(small_data, tmp_path / "bad", "--pmd_chunk_size", "0")
+
+
+def test_pmd_shared_dropout_runs_the_image_side_once_per_image(small_data, tmp_path, monkeypatch):
+    rows = []  # images of every call of the decoder's image side
+    real = PairwiseMatchingDecoder.image_side
+    monkeypatch.setattr(PairwiseMatchingDecoder, "image_side", lambda self, x: rows.append(len(x)) or real(self, x))
+    pmd = ("--sim_header", "cross_attention", "--pmd_chunk_size", "12")
+    per_pair = _run(small_data, tmp_path / "pair", *pmd, steps=1)
+    assert rows == [12, 12, 8] and not per_pair["model"].pmd_shared_dropout  # v1: each of the 32 pairs
+    rows.clear()
+    shared = _run(small_data, tmp_path / "shared", *pmd, "--pmd_shared_dropout", steps=1)
+    assert rows == [8] and shared["model"].pmd_shared_dropout  # once per image of the batch
 
 
 # --------------------------------------------------------------------------- optimisation flags

@@ -95,6 +95,15 @@ def add_loader_args(group, training: bool) -> None:
                            "--num_workers 0")
 
 
+def add_pmd_chunk_size(group) -> None:
+    """`--pmd_chunk_size`, the pairs PMD decodes at once (training and re-ranking alike)."""
+    group.add_argument("--pmd_chunk_size", type=int, default=None,
+                       help="(image, video) pairs the PMD decoder scores at once, in training and in PMD "
+                       "re-ranking: it bounds the decoder's memory and leaves the scores unchanged (only "
+                       "training's random dropout draws depend on it). Default: 16 on CPU, 256 on CUDA "
+                       "(docs/training.md)")
+
+
 def load_config(parser: argparse.ArgumentParser, path: str) -> dict:
     """The keys of a YAML config file, checked against the parser (unknown keys and bad choices are errors)."""
     import yaml

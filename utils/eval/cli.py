@@ -24,6 +24,7 @@ from utils.options import (
     add_fast_decode,
     add_loader_args,
     add_model_args,
+    add_pmd_chunk_size,
     check_at_least,
     check_writable,
     parse,
@@ -77,6 +78,7 @@ def build_parser(dataset: str) -> argparse.ArgumentParser:
                      help="data loading processes per evaluation process (default: the CPUs this process may use, "
                      "shared among the processes of its machine, less one; at most 8)")
     add_loader_args(run, training=False)
+    add_pmd_chunk_size(run)
     run.add_argument("--save_features", action="store_true",
                      help="also write features.npz (query/gallery ids and L2-normalised features)")
     run.add_argument("--no_progress", action="store_true", help="no tqdm progress bars")
@@ -88,6 +90,7 @@ def parse_args(dataset: str, argv: list[str] | None) -> argparse.Namespace:
     args = parse(parser, argv)
     check_at_least(parser, args, 1, ("n_gpu", "batch_size", "max_frames", "rerank_topk", "prefetch_factor"))
     check_at_least(parser, args, 0, ("num_workers",))
+    check_at_least(parser, args, 1, ("pmd_chunk_size",))
     resolve_num_workers(args)
     return args
 
@@ -108,6 +111,7 @@ def evaluate(args: argparse.Namespace, dataset: str, runtime) -> dict | None:
     for note in notes:
         runtime.log(f"note: {note}")
     model = RICEModel.from_checkpoint(ckpt, overrides).to(runtime.device).eval()
+    model.set_pmd_chunk_size(args.pmd_chunk_size)
     config = model.config
     do_rerank = config.use_pmd and not (args.embedding_sim or args.one_stage)
     runtime.log(

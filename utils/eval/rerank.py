@@ -8,8 +8,9 @@ embedding) are scored by the pairwise matching decoder.
 Memory is bounded by the block size, not by the test set: queries are taken
 in blocks of BLOCK_SIZE; for a block we encode the tokens of its clips and
 of the gallery images that appear in its top-K lists (at most
-BLOCK_SIZE x K images), then score the (query, candidate) pairs in chunks of
-PAIR_CHUNK. Blocks load in DataLoader workers; they are dealt round-robin
+BLOCK_SIZE x K images), run the decoder's video side once per clip and its
+image side once per image, then decode the (query, candidate) pairs
+`--pmd_chunk_size` at a time (`RICEModel.score_pairs`). Blocks load in DataLoader workers; they are dealt round-robin
 to the processes and the scores gathered by query index, so the result does
 not depend on the process count.
 """
@@ -29,7 +30,6 @@ from utils.eval.metrics import Ranking
 from utils.runtime.distributed import Runtime
 
 BLOCK_SIZE = 32  # queries whose clips and candidate images are loaded together
-PAIR_CHUNK = 64  # (query, candidate) pairs scored at once
 
 
 @dataclass
@@ -101,23 +101,16 @@ def pmd_scores(model, ranking: Ranking, topk: int, data: RerankInputs, runtime: 
         block, rows = item["block"], item["rows"]
         out = np.full((len(block), topk), np.nan, np.float32)
         if len(rows):
-            frames, mask = item["clips"]["frames"].to(device), item["clips"]["frame_mask"].to(device)
-            pair_query, pair_image = item["pair_query"], item["pair_image"]
+            frames = item["clips"]["frames"].to(device)
+            mask = item["clips"]["frame_mask"]  # stays on the host: the valid frames are found there
+            pair_query, pair_image = (torch.as_tensor(item[k]).to(device) for k in ("pair_query", "pair_image"))
             with runtime.autocast():
                 _, video_tokens, video_mask = model.encode_videos(frames, mask, return_tokens=True)
                 _, image_tokens = model.encode_images(item["images"]["image"].to(device), return_tokens=True)
-                values = []
-                for start in range(0, len(pair_query), PAIR_CHUNK):
-                    part = slice(start, start + PAIR_CHUNK)
-                    # A query has up to `topk` pairs: its video side is decoded once for all of them
-                    # (the chunk's distinct queries are found on the host: no device wait).
-                    queries, pair_video = np.unique(pair_query[part], return_inverse=True)
-                    q = torch.as_tensor(queries, device=device)
-                    i = torch.as_tensor(pair_image[part], device=device)
-                    values.append(model.score_pairs(image_tokens[i], video_tokens[q], video_mask[q],
-                                                    torch.as_tensor(pair_video, device=device)).float())
+                # A query has up to `topk` pairs and an image may serve several queries: each is decoded once.
+                values = model.score_pairs(image_tokens, video_tokens, video_mask, pair_query, pair_image).float()
             block_out = np.full(item["present"].shape, np.nan, np.float32)
-            block_out[item["present"]] = torch.cat(values).cpu().numpy()
+            block_out[item["present"]] = values.cpu().numpy()
             out[rows] = block_out
         done.append(torch.from_numpy(block))
         scores.append(torch.from_numpy(out))

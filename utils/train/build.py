@@ -53,6 +53,8 @@ def build_model(args: argparse.Namespace) -> RICEModel:
                     "demo; for real training pass --pretrained_clip ViT-B-32.pt)", args.model_config)
     if args.grad_checkpointing:
         model.set_grad_checkpointing(True)
+    model.set_pmd_chunk_size(args.pmd_chunk_size)
+    model.set_pmd_shared_dropout(args.pmd_shared_dropout)
     return model
 
 

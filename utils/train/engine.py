@@ -15,6 +15,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Sampler
 
+from modules.rice import to_device, valid_frames
 from utils.runtime.distributed import average_gradients
 from utils.runtime.precision import Precision
 
@@ -81,13 +82,16 @@ def train_step(model: nn.Module, batch: dict, optimizer: torch.optim.Optimizer, 
     the same from the trainer's `--ddp_bf16_compress` hook).
     """
     optimizer.zero_grad(set_to_none=True)
-    images, frames, mask = (batch[key].to(device, non_blocking=True) for key in ("image", "frames", "frame_mask"))
+    images, frames = (to_device(batch[key], device) for key in ("image", "frames"))
+    host_mask = batch["frame_mask"]  # the valid frames are found on the host: no device wait in the step
     if accumulation == 1:
+        # Both go to the device here: DistributedDataParallel would move a host mask there itself.
+        mask, index = to_device(host_mask, device), to_device(valid_frames(host_mask), device)
         with precision.autocast():
-            losses = model(images, frames, mask)
+            losses = model(images, frames, mask, index)
         precision.backward(losses["loss"])
     else:
-        losses = _accumulated_backward(model, images, frames, mask, precision, accumulation, grad_bf16)
+        losses = _accumulated_backward(model, images, frames, host_mask, precision, accumulation, grad_bf16)
     totals = {name: value.detach().float() for name, value in losses.items()}
     precision.unscale_(optimizer)
     params = [p for group in optimizer.param_groups for p in group["params"]]

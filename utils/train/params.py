@@ -21,6 +21,7 @@ from utils.options import (
     add_fast_decode,
     add_loader_args,
     add_model_args,
+    add_pmd_chunk_size,
     check_at_least,
     parse,
     resolve_num_workers,
@@ -74,6 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
                        "(v1, v2 or ours); heads it lacks start from their initialisation")
     model.add_argument("--grad_checkpointing", action="store_true",
                        help="recompute encoder blocks and PMD chunks in the backward pass (less memory)")
+    add_pmd_chunk_size(model)
+    model.add_argument("--pmd_shared_dropout", action="store_true",
+                       help="draw the PMD query dropout once per image, shared by its candidate pairs, so the "
+                       "decoder's self blocks run once per image instead of once per pair (a faster PMD part; "
+                       "changes the training noise: v1 draws it per pair, the default; docs/training.md)")
 
     optim = p.add_argument_group("optimisation (v1 recipe, docs/training.md)")
     optim.add_argument("--batch_size", type=int, default=96,
@@ -163,6 +169,7 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
         parser.error(f"--compile_mode {args.compile_mode} has no effect without --compile; add --compile")
     if not args.dist_timeout_min > 0:
         parser.error(f"--dist_timeout_min must be > 0 minutes, got {args.dist_timeout_min}")
+    check_at_least(parser, args, 1, ("pmd_chunk_size",))
     if not 0.0 <= args.warmup_proportion < 1.0:
         parser.error(f"--warmup_proportion must be in [0, 1), got {args.warmup_proportion}")
     spec = DATASETS[args.dataset]
