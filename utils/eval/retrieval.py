@@ -72,7 +72,7 @@ def retrieve(model: RICEModel, split: RetrievalSplit, runtime: Runtime, *, max_f
         return emb, batch["ok"]
 
     def encode_clips(batch):
-        mask = batch["frame_mask"].to(device)
+        mask = batch["frame_mask"]  # the host copy: the valid frames are found there, no device wait
         emb, _, _ = model.encode_videos(batch["frames"].to(device), mask)
         return emb, mask.any(dim=1)
 
