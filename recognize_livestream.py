@@ -23,7 +23,7 @@ from utils.options import HelpFormatter, add_fast_decode, check_writable
 from utils.runtime.precision import PRECISIONS
 
 # Defaults measured on the synthetic livestream with the demo's ICL model (docs/livestream.md).
-WINDOW, STRIDE, THRESHOLD, SWITCH_COST = 4, 1, 0.5, 0.3
+WINDOW, STRIDE, THRESHOLD, SWITCH_COST = 4, 1, 0.7, 0.3
 
 
 def build_parser() -> argparse.ArgumentParser:

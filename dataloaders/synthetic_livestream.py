@@ -16,6 +16,11 @@ previous one, and segments outnumber products. Between segments the picture
 cross-fades over `transition_s` seconds; the schedule's boundary is the
 middle of the fade.
 
+Style "card" (`style="card"`) shows the product's shop image itself, large,
+moving a little over a plain room colour: the picture of a product card that
+streams overlay, and a design on which even an untrained encoder finds the
+product (the tests use it to check the pipeline, not the model).
+
 Speed: a new scene picture is drawn `renders_per_s` times a second and held
 in between (the encoder still codes every frame), so long or large (720p)
 streams are quick to write. The scene is square (the smaller side) and
@@ -61,9 +66,11 @@ def make_schedule(rng: np.random.Generator, names: list[str], duration_s: float,
 class _Scene:
     """The pictures of one segment: a room, and the product (or nothing) moving in it."""
 
-    def __init__(self, rng, product, companions, size: int):
-        self.rng, self.product, self.companions = rng, product, companions
+    def __init__(self, rng, product, companions, size: int, card: Image.Image | None = None):
+        self.rng, self.product, self.companions, self.card = rng, product, companions, card
         self.bg = background(rng, size, float(rng.random()))
+        if card is not None:
+            self.bg = Image.new("RGB", (size, size), tuple(int(c) for c in rng.integers(0, 256, 3)))
         self.shot = random_shot(rng, len(companions)) if product is not None else None
         self.light = tuple(rng.uniform(0.8, 1.2, 3))
         self.cache: dict = {}
@@ -72,6 +79,13 @@ class _Scene:
         if self.product is None:
             arr = np.asarray(self.bg, np.float32) * np.asarray(self.light, np.float32)
             return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+        if self.card is not None:
+            size = self.bg.size[0]
+            side = int(size * self.rng.uniform(0.9, 1.0))
+            img = self.bg.copy()
+            x, y = (int(v) for v in self.rng.integers(0, size - side + 1, 2))
+            img.paste(self.card.resize((side, side), Image.BILINEAR), (x, y))
+            return img
         img, _ = render_frame(self.product, self.shot, self.bg, self.companions, self.cache)
         self.shot = jitter(self.shot, self.rng)
         return img
@@ -92,8 +106,10 @@ def _canvas(scene: Image.Image, width: int, height: int) -> np.ndarray:
 def make_synthetic_livestream(output_dir, seed: int = 0, duration_s: float = 120.0, num_products: int = 6,
                               fps: int = 5, width: int = 96, height: int = 96, segment_s=(8.0, 30.0),
                               idle_fraction: float = 0.2, transition_s: float = 0.5, renders_per_s: float = 2.0,
-                              image_size: int = 96, categories: int = 3) -> dict:
+                              image_size: int = 96, categories: int = 3, style: str = "scene") -> dict:
     """Write the stream, its shop and its schedule (module docstring); returns their paths."""
+    if style not in ("scene", "card"):
+        raise ValueError(f"style must be 'scene' or 'card', got {style!r}")
     if width % 2 or height % 2:
         raise ValueError(f"yuv420p needs even sides, got {width}x{height}")
     rng = np.random.default_rng([seed, 7])
@@ -104,8 +120,10 @@ def make_synthetic_livestream(output_dir, seed: int = 0, duration_s: float = 120
     products = [random_product(rng, int(cats[i % len(cats)]), hues[int(cats[i % len(cats)])])
                 for i in range(num_products)]
     names = [_uuid(rng) for _ in products]
+    cards = {}
     for name, product in zip(names, products):
-        shop_image(product, image_size, rng).save(out / "shop" / f"{name}.jpg", quality=92)
+        cards[name] = shop_image(product, image_size, rng)
+        cards[name].save(out / "shop" / f"{name}.jpg", quality=92)
     schedule = make_schedule(rng, names, duration_s, segment_s, idle_fraction)
     by_name = dict(zip(names, products))
     size = min(width, height)
@@ -113,7 +131,8 @@ def make_synthetic_livestream(output_dir, seed: int = 0, duration_s: float = 120
     for seg in schedule:
         product = by_name.get(seg["image_id"])
         companions = [p for p in products if p is not product]
-        scenes.append(_Scene(rng, product, companions, size))
+        card = cards.get(seg["image_id"]) if style == "card" else None
+        scenes.append(_Scene(rng, product, companions, size, card))
 
     n_frames = int(round(duration_s * fps))
     hold = max(1, int(round(fps / renders_per_s)))
@@ -141,7 +160,7 @@ def make_synthetic_livestream(output_dir, seed: int = 0, duration_s: float = 120
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
-    info = {"duration_s": n_frames / fps, "fps": fps, "width": width, "height": height,
+    info = {"duration_s": n_frames / fps, "fps": fps, "width": width, "height": height, "style": style,
             "segments": schedule, "products": names}
     (out / "schedule.json").write_text(json.dumps(info, indent=1) + "\n")
     return {"video": os.fspath(out / "live.mp4"), "shop": os.fspath(out / "shop"),

@@ -32,6 +32,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--renders_per_s", type=float, default=2.0,
                    help="new scene pictures per second, held in between (default: 2)")
     p.add_argument("--image_size", type=int, default=96, help="side of the shop images (default: 96)")
+    p.add_argument("--categories", type=int, default=3,
+                   help="product categories in the shop; products of one category differ in detail (default: 3)")
+    p.add_argument("--style", choices=("scene", "card"), default="scene",
+                   help="scene: the product in a cluttered room (default); card: its shop image shown large")
     return p
 
 
@@ -45,7 +49,8 @@ def main(argv=None) -> dict:
     paths = make_synthetic_livestream(args.output_dir, seed=args.seed, duration_s=60 * args.minutes,
                                       num_products=args.products, fps=args.fps, width=args.width, height=args.height,
                                       segment_s=tuple(args.segment_s), idle_fraction=args.idle_fraction,
-                                      renders_per_s=args.renders_per_s, image_size=args.image_size)
+                                      renders_per_s=args.renders_per_s, image_size=args.image_size,
+                                      categories=args.categories, style=args.style)
     print(f"wrote {paths['video']}, {paths['shop']} and {paths['schedule']} in {time.perf_counter() - start:.1f} s")
     return paths
 
