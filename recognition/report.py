@@ -68,7 +68,7 @@ def write_html(out: Path, info: dict, segments: list[dict], shop_paths: dict[str
             f'<span class="muted">score {s["score"]:.3f}</span>'
             f'<div class="row">{rep}<div style="width:18px"></div>{tops}</div></div>')
     settings = ", ".join(f"{k} {esc(info[k])}" for k in ("fps", "window", "stride", "threshold", "switch_cost",
-                                                         "rerank_topk") if k in info)
+                                                         "rerank_topk") if info.get(k) is not None)
     skips = info.get("decode", {}), info.get("shop", {})
     notes = [f"{skips[0].get('corrupt_packets', 0)} corrupt packets skipped" if skips[0].get("corrupt_packets") else "",
              f"{len(skips[1].get('duplicates', {}))} duplicate shop images skipped" if skips[1].get("duplicates") else ""]
@@ -109,7 +109,7 @@ def write_png(out: Path, ws: WindowScores, segments: list[dict], threshold: floa
     bottom.plot(centres, ws.scores.max(axis=1), lw=0.8, color="C0", label="best product score per window")
     bottom.axhline(threshold, color="k", ls=":", lw=0.8, label=f"no-product threshold {threshold}")
     bottom.set_xlabel("time (s)")
-    bottom.legend(fontsize=7, loc="lower right")
+    bottom.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     bottom.set_xlim(0, float(np.max(ends)))
     fig.tight_layout()
     path = out / "timeline.png"
