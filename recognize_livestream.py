@@ -110,14 +110,15 @@ def run(args: argparse.Namespace) -> dict:
             "fps": args.fps, "window": args.window, "stride": args.stride, "threshold": args.threshold,
             "switch_cost": args.switch_cost, "rerank_topk": args.rerank_topk if args.rerank else None,
             "precision": rec.precision, "windows": len(done.windows.starts),
-            "decode": done.decode.to_dict(), "shop": shop.to_dict(), "seconds": done.seconds}
+            "decode": done.decode.to_dict(), "shop": shop.to_dict()}
     write_json_csv(out, info, segments)
     frames = grab_frames(args.video, [s["frame_s"] for s in segments])
     write_html(out, info, segments, dict(zip(shop.names, shop.paths)), frames)
     write_png(out, done.windows, segments, args.threshold)
     products = sum(1 for s in segments if s["image_id"])
+    seconds = ", ".join(f"{k} {v:.1f} s" for k, v in done.seconds.items())
     print(f"{len(segments)} segments ({products} with a product) over {info['duration_s']:.0f} s of video "
-          f"in {time.perf_counter() - start:.1f} s; {out / 'timeline.json'}, {out / 'report.html'}")
+          f"in {time.perf_counter() - start:.1f} s ({seconds}); {out / 'timeline.json'}, {out / 'report.html'}")
     return {**info, "segments": segments}
 
 

@@ -34,8 +34,6 @@ from recognition.video import sample_frames
 from utils.errors import ConfigError, DataError
 from utils.runtime.precision import autocast, check_precision
 
-VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".mov", ".avi", ".m4v")
-
 
 def cpu_has_bf16() -> bool:
     """True when the CPU computes bf16 natively (AVX512-BF16 or AMX); else bf16 is emulated and slow."""
@@ -137,21 +135,25 @@ class Recognizer:
         video: a video file (decoded at `fps`), a folder of frame images (name
         order) or a list of PIL images. Frames are chosen by the evaluation rule.
         """
-        frames = self._clip_frames(video, fps)
+        if isinstance(video, (str, Path)) and not Path(video).is_dir():
+            # A video file: every sampled frame is preprocessed as it is decoded (S x S uint8 each, held
+            # until the choice is made), so this is for clips; whole livestreams: recognize_livestream.py.
+            frames = [self.preprocess(image) for _, image in sample_frames(video, fps)]
+        else:
+            frames = self._listed_frames(video)
         chosen = [frames[i] for i in eval_frame_indices(len(frames), max_frames)]
-        pixels = torch.stack([self.preprocess(f) for f in chosen])
+        pixels = torch.stack([f if isinstance(f, torch.Tensor) else self.preprocess(f) for f in chosen])
         _, raw, _ = self.encode_pixels(pixels)
         return self.pool(raw, torch.ones(1, len(chosen), dtype=torch.bool))[0].numpy()
 
-    def _clip_frames(self, video, fps: float) -> list:
+    @staticmethod
+    def _listed_frames(video) -> list:
         if isinstance(video, (str, Path)):
             path = Path(video)
-            if path.is_dir():
-                files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-                if not files:
-                    raise DataError(f"{path}: no frame images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
-                return files
-            return [image for _, image in sample_frames(path, fps)]  # a clip: short, held whole
+            files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            if not files:
+                raise DataError(f"{path}: no frame images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
+            return files
         frames = list(video)
         if not frames:
             raise DataError("encode_video got no frames")

@@ -182,6 +182,9 @@ def test_window_starts():
 def test_flags_change_the_result(live, ckpts, tmp_path):
     base = _run(live, ckpts["icl"], tmp_path / "base")
     assert base["windows"] == 90 - 4 + 1 and base["decode"]["sampled_frames"] == 90
+    _run(live, ckpts["icl"], tmp_path / "again")
+    for name in ("timeline.json", "timeline.csv", "report.html"):  # two runs, the same bytes
+        assert (tmp_path / "base" / name).read_bytes() == (tmp_path / "again" / name).read_bytes()
     wide = _run(live, ckpts["icl"], tmp_path / "wide", "--window", "8", "--stride", "4", "--fps", "2")
     assert wide["decode"]["sampled_frames"] == 180 and wide["windows"] == len(window_starts(180, 8, 4))
     none = _run(live, ckpts["icl"], tmp_path / "none", "--threshold", "2")
@@ -397,6 +400,18 @@ def test_api_equals_eval_cli_and_report(small_data, ckpts, tmp_path):
     assert page.tags.count("img") > 6 * 10
 
 
+def test_movingfashion_report(small_data, ckpts, tmp_path):
+    import movingfashion_eval
+
+    out = tmp_path / "mf"
+    movingfashion_eval.main(["--data_root", str(small_data / "movingfashion"), "--ckpt_path", ckpts["icl"],
+                             "--output_dir", str(out), "--num_workers", "0", "--no_progress", "--row", "icl",
+                             "--report", "--report_queries", "2"])
+    check_html(out / "report.html")
+    text = (out / "report.html").read_text()
+    assert text.count('class="card"') == 4 and text.count("✓ GT") >= 1
+
+
 def test_encode_images_accepts_pil_and_rejects_bad_files(ckpts, tmp_path):
     from utils.errors import DataError
 
@@ -405,6 +420,15 @@ def test_encode_images_accepts_pil_and_rejects_bad_files(ckpts, tmp_path):
     img.save(tmp_path / "a.png")
     np.testing.assert_allclose(rec.encode_images([img]), rec.encode_images([tmp_path / "a.png"]), atol=1e-6)
     assert np.linalg.norm(rec.encode_video([img, img]), axis=-1) == pytest.approx(1.0, abs=1e-5)
+    # A video file: frames sampled at fps, then chosen by the evaluation rule, pooled as encode_videos does.
+    clip = tmp_path / "clip.mp4"
+    _write_mp4(clip, 24, fps=4)  # 6 s -> 12 frames at 2 fps -> eval rule picks 10 of them
+    frames = torch.stack([rec.preprocess(image) for _, image in sample_frames(clip, 2.0)])
+    assert len(frames) == 12
+    chosen = frames[[0, 1, 2, 3, 4, 6, 7, 8, 9, 10]][None]
+    with torch.no_grad():
+        expected, _, _ = rec.model.encode_videos(chosen, torch.ones(1, 10, dtype=torch.bool))
+    np.testing.assert_allclose(rec.encode_video(clip, fps=2.0), expected[0].numpy(), atol=1e-5)
     (tmp_path / "b.jpg").write_bytes(b"not an image")
     with pytest.raises(DataError, match="b.jpg: cannot read this image"):
         rec.encode_images([tmp_path / "b.jpg"])
