@@ -432,3 +432,36 @@ def test_encode_images_accepts_pil_and_rejects_bad_files(ckpts, tmp_path):
     (tmp_path / "b.jpg").write_bytes(b"not an image")
     with pytest.raises(DataError, match="b.jpg: cannot read this image"):
         rec.encode_images([tmp_path / "b.jpg"])
+
+
+# ---------------------------------------------------------------- the tools around it
+def test_generator_tool_and_sweep(ckpts, tmp_path):
+    from tools import make_synthetic_livestream, sweep_timeline
+
+    paths = make_synthetic_livestream.main(["--output_dir", str(tmp_path), "--minutes", "0.5", "--products", "3",
+                                            "--fps", "2", "--width", "48", "--height", "32", "--segment_s", "4", "6",
+                                            "--style", "card", "--categories", "3", "--image_size", "32"])
+    schedule = json.loads(Path(paths["schedule"]).read_text())
+    assert schedule["duration_s"] == 30 and schedule["style"] == "card" and len(schedule["products"]) == 3
+    assert all(4 <= s["end_s"] - s["start_s"] <= 6 + 2 for s in schedule["segments"])
+    with av.open(paths["video"]) as container:
+        stream = container.streams.video[0]
+        assert (stream.width, stream.height, stream.average_rate) == (48, 32, 2)
+    rows = sweep_timeline.main(["--data", str(tmp_path), "--ckpt", ckpts["icl"], "--windows", "1", "3",
+                                "--thresholds", "0.5", "--switch_costs", "0", "10"])
+    assert [(r["window"], r["switch_cost"]) for r in rows] == [(1, 0.0), (1, 10.0), (3, 0.0), (3, 10.0)]
+
+
+def test_demo_livestream_script_reuses_the_model(trained, tmp_path):
+    """scripts/demo_livestream.sh with a model already in place: generate, recognise, score beside chance."""
+    model = tmp_path / "runs" / "ICL" / "model.pt"
+    model.parent.mkdir(parents=True)
+    shutil.copy(trained, model)
+    env = {"PATH": "/usr/bin:/bin", "RICE_VENV": str(Path(sys.executable).parent.parent), "HOME": str(tmp_path)}
+    done = subprocess.run(["bash", str(ROOT / "scripts" / "demo_livestream.sh"), "--minutes", "1", "--output_dir",
+                           str(tmp_path)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "reusing the demo model" in done.stdout and "per-second accuracy" in done.stdout
+    assert (tmp_path / "livestream" / "out" / "report.html").is_file()
+    last = dict(kv.split("=") for kv in done.stdout.splitlines()[-2].split())
+    assert float(last["chance_accuracy_uniform"]) == pytest.approx(100 / 7, abs=0.01)
