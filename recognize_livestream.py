@@ -85,11 +85,12 @@ def run(args: argparse.Namespace) -> dict:
     out = Path(args.output_dir)
     check_writable(out)
 
+    import numpy as np
+
     from recognition.api import Recognizer
     from recognition.livestream import score_livestream
     from recognition.report import write_html, write_json_csv, write_png
     from recognition.timeline import build_timeline
-    from recognition.video import grab_frames
 
     start = time.perf_counter()
     rec = Recognizer.load(args.ckpt, device=args.device, precision=None if args.precision == "auto" else args.precision,
@@ -101,7 +102,7 @@ def run(args: argparse.Namespace) -> dict:
         f"{rec.config.video_pooling} pooling, {rec.precision} on {rec.device}; {len(shop.names)} products")
     done = score_livestream(rec, args.video, shop, fps=args.fps, window=args.window, stride=args.stride,
                             batch_size=args.batch_size, rerank_topk=args.rerank_topk if args.rerank else None,
-                            progress=not args.no_progress)
+                            progress=not args.no_progress, keep_frames=True)
     for note in done.decode.notes():
         print(f"note: --video {args.video}: {note}", file=sys.stderr)
     segments = build_timeline(done.windows, args.threshold, args.switch_cost)
@@ -112,7 +113,9 @@ def run(args: argparse.Namespace) -> dict:
             "precision": rec.precision, "windows": len(done.windows.starts),
             "decode": done.decode.to_dict(), "shop": shop.to_dict()}
     write_json_csv(out, info, segments)
-    frames = grab_frames(args.video, [s["frame_s"] for s in segments])
+    times = done.windows.frame_times
+    frames = {s["frame_s"]: done.frames.get(int(np.argmin(np.abs(times - s["frame_s"])))) for s in segments}
+    done.frames.close()
     write_html(out, info, segments, dict(zip(shop.names, shop.paths)), frames)
     write_png(out, done.windows, segments, args.threshold)
     products = sum(1 for s in segments if s["image_id"])
@@ -125,7 +128,8 @@ def run(args: argparse.Namespace) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     with one_line_errors():
         args = parse_args(argv)
-        if args.rerank_topk and not args.rerank and "--rerank_topk" in (argv or sys.argv[1:]):
+        given = argv if argv is not None else sys.argv[1:]
+        if not args.rerank and any(a.startswith("--rerank_topk") for a in given):
             raise ConfigError("--rerank_topk has an effect only with --rerank; add --rerank or drop it")
         return run(args)
 

@@ -16,6 +16,9 @@ slot goes to PMD's choice and the "no product" threshold keeps its meaning.
 
 from __future__ import annotations
 
+import io
+import tempfile
+from array import array
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +34,37 @@ from utils.errors import ConfigError
 from utils.runtime.precision import autocast
 
 PAIR_CHUNK = 64  # (window, candidate) pairs PMD scores at once
+THUMB_SIDE = 192  # longest side of the spooled thumbnails the report shows
+
+
+class FrameSpool:
+    """Small JPEG thumbnails of every sampled frame, in an anonymous temporary file.
+
+    The report shows one frame per segment, and the segments are known only
+    after the whole pass; seeking back into the video would decode up to a
+    key-frame interval per segment. A thumbnail costs a few kB of disk (tens of
+    MB per hour at 1 fps) and 8 bytes of memory (its offset).
+    """
+
+    def __init__(self):
+        self.file = tempfile.TemporaryFile()
+        self.offsets = array("q", [0])
+
+    def add(self, image) -> None:
+        thumb = image.reduce(max(1, max(image.size) // THUMB_SIDE))
+        thumb.save(self.file, format="JPEG", quality=85)
+        self.offsets.append(self.file.tell())
+
+    def get(self, index: int):
+        from PIL import Image
+
+        self.file.seek(self.offsets[index])
+        data = self.file.read(self.offsets[index + 1] - self.offsets[index])
+        self.file.seek(0, io.SEEK_END)
+        return Image.open(io.BytesIO(data)).convert("RGB")
+
+    def close(self) -> None:
+        self.file.close()
 
 
 @dataclass
@@ -41,6 +75,7 @@ class Pass:
     shop: Shop
     decode: DecodeStats
     seconds: dict  # {"decode": ..., "model": ...} wall time
+    frames: FrameSpool | None = None  # thumbnails of the sampled frames (keep_frames=True); close() when done
 
 
 class _WindowScorer:
@@ -123,8 +158,11 @@ class _WindowScorer:
 
 def score_livestream(rec: Recognizer, video: str | Path, shop: str | Path | Shop, *, fps: float = 1.0,
                      window: int = 4, stride: int = 1, batch_size: int = 32, rerank_topk: int | None = None,
-                     progress: bool = True) -> Pass:
-    """One pass over `video` against `shop`; see the module docstring."""
+                     progress: bool = True, keep_frames: bool = False) -> Pass:
+    """One pass over `video` against `shop`; see the module docstring.
+
+    keep_frames: also spool a thumbnail of every sampled frame (`Pass.frames`).
+    """
     import time
 
     if rerank_topk and rec.model.cross is None:
@@ -137,7 +175,8 @@ def score_livestream(rec: Recognizer, video: str | Path, shop: str | Path | Shop
     model_s = 0.0
     stats = DecodeStats()
     scorer = _WindowScorer(rec, torch.from_numpy(shop_feats), window, stride, shop_tokens, rerank_topk)
-    times, pending = [], []
+    times, pending = array("d"), []
+    spool = FrameSpool() if keep_frames else None
 
     def flush():
         nonlocal model_s
@@ -152,6 +191,8 @@ def score_livestream(rec: Recognizer, video: str | Path, shop: str | Path | Shop
     for t, image in sample_frames(video, fps, stats):
         times.append(t)
         pending.append(rec.preprocess(image))
+        if spool is not None:
+            spool.add(image)
         bar.update(1)
         if len(pending) == batch_size:
             flush()
@@ -164,7 +205,7 @@ def score_livestream(rec: Recognizer, video: str | Path, shop: str | Path | Shop
                       lengths=np.full(sum(len(s) for s in scorer.starts), min(window, len(times)), np.int64),
                       scores=np.concatenate(scorer.rows), names=shop.names, duration_s=stats.duration_s, fps=fps)
     return Pass(ws, shop, stats, {"shop": round(shop_s, 3), "decode_and_preprocess": round(total - model_s, 3),
-                                  "model": round(model_s, 3)})
+                                  "model": round(model_s, 3)}, spool)
 
 
 @torch.no_grad()

@@ -77,22 +77,18 @@ def open_video(path: str | Path):
     return container, stream
 
 
-def sample_frames(path: str | Path, fps: float, stats: DecodeStats | None = None,
-                  start_s: float = 0.0) -> Iterator[tuple[float, object]]:
+def sample_frames(path: str | Path, fps: float, stats: DecodeStats | None = None) -> Iterator[tuple[float, object]]:
     """Yield (time in seconds, RGB PIL image) at about `fps` frames per second of video time.
 
-    `start_s` seeks first (to the key frame before it) and yields from there.
     Raises DataError for a file that cannot be opened or yields no frame.
     """
     import av
 
     stats = stats if stats is not None else DecodeStats()
     container, stream = open_video(path)
-    next_t = start_s
+    next_t = 0.0
     last_t = -math.inf
     try:
-        if start_s > 0 and stream.time_base is not None:
-            container.seek(int(start_s / stream.time_base), stream=stream, backward=True)
         for packet in container.demux(stream):
             try:
                 frames = packet.decode()
@@ -131,20 +127,3 @@ def _frame_interval(stream) -> float:
     rate = stream.average_rate or stream.guessed_rate
     return float(1 / rate) if rate else 0.0
 
-
-def grab_frames(path: str | Path, times: list[float]) -> dict[float, object]:
-    """The frame at (or just after) each time in `times` (seconds), as RGB PIL images.
-
-    For the report's representative frames: one seek per time, so the cost
-    does not depend on the video's length. Times that cannot be decoded are
-    left out.
-    """
-    out = {}
-    for t in sorted(set(times)):
-        try:
-            for _, image in sample_frames(path, fps=1e6, start_s=t):
-                out[t] = image
-                break
-        except DataError:
-            continue
-    return out
