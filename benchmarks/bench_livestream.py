@@ -6,7 +6,8 @@
 1. writes N minutes of synthetic 720p livestream (tools' generator, 30 fps
    H.264, a new scene twice a second: less motion than a real stream, so real
    streams can decode slower) and times the streaming decode at --fps with
-   the preprocessing (frame -> RGB -> model input), no model;
+   the preprocessing (frame -> RGB -> model input) and the report's
+   thumbnail spool, no model;
 2. times the model on the sampled frames: ViT-B/32 (random weights: the
    speed is the same) in batches of --batch_size, pooling and scoring
    included, on frames decoded beforehand;
@@ -78,7 +79,8 @@ def rss_child(args) -> None:
 
     rec = _recognizer(args)
     done = score_livestream(rec, args.rss_child[0], args.rss_child[1], fps=args.fps, batch_size=args.batch_size,
-                            progress=False)
+                            progress=False, keep_frames=True)
+    done.frames.close()
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"rss_mb": round(peak_mb, 1), "windows": len(done.windows.starts)}))
 
@@ -101,10 +103,16 @@ def main(argv=None) -> dict:
     print(f"generated {args.minutes:g} min of {args.width}x{args.height} at {args.video_fps} fps in "
           f"{time.perf_counter() - start:.0f} s")
 
-    # 1. decode + preprocessing, no model.
+    # 1. decode + preprocessing + the report's thumbnail spool (as the recogniser does), no model.
+    from recognition.livestream import FrameSpool
+
+    spool, pixels = FrameSpool(), []
     start = time.perf_counter()
-    pixels = [rec.preprocess(image) for _, image in sample_frames(paths["video"], args.fps)]
+    for _, image in sample_frames(paths["video"], args.fps):
+        pixels.append(rec.preprocess(image))
+        spool.add(image)
     decode_s = time.perf_counter() - start
+    spool.close()
     # 2. the model on those frames (frames already decoded): encoder, window pooling, scores.
     from recognition.livestream import _encode_shop, _WindowScorer
     from recognition.shop import load_shop
