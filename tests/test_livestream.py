@@ -121,7 +121,7 @@ def test_timeline_beats_chance_and_writes_valid_outputs(live, trained, tmp_path)
     ids = [s["image_id"] for s in schedule["segments"] if s["image_id"]]
     assert len(ids) > len(set(ids))  # a product comes back
     metrics = score_timeline.main(["--schedule", live["schedule"], "--timeline", str(tmp_path / "timeline.json")])
-    assert metrics["accuracy"] > 2 * metrics["chance_accuracy_majority"], metrics
+    assert metrics["accuracy"] > metrics["chance_accuracy_majority"] + 25, metrics
     assert metrics["segment_f1"] > metrics["chance_segment_f1"] + 40, metrics
     # Outputs: json == csv, the segments tile the video, valid HTML with inlined images, a PNG.
     segs = json.loads((tmp_path / "timeline.json").read_text())["segments"]
@@ -187,6 +187,10 @@ def test_flags_change_the_result(live, ckpts, tmp_path):
         assert (tmp_path / "base" / name).read_bytes() == (tmp_path / "again" / name).read_bytes()
     wide = _run(live, ckpts["icl"], tmp_path / "wide", "--window", "8", "--stride", "4", "--fps", "2")
     assert wide["decode"]["sampled_frames"] == 180 and wide["windows"] == len(window_starts(180, 8, 4))
+    batched = _run(live, ckpts["icl"], tmp_path / "batched", "--batch_size", "7", "--device", "cpu")
+    assert batched["segments"] == base["segments"]  # batching changes the speed only
+    bf16 = _run(live, ckpts["icl"], tmp_path / "bf16", "--precision", "bf16")
+    assert bf16["precision"] == "bf16" and base["precision"] == "fp32" and bf16["windows"] == base["windows"]
     none = _run(live, ckpts["icl"], tmp_path / "none", "--threshold", "2")
     assert [s["label"] for s in none["segments"]] == ["no product"]
     jumpy = _run(live, ckpts["icl"], tmp_path / "jumpy", "--switch_cost", "0", "--threshold", "-1")
@@ -337,6 +341,11 @@ def test_bad_flags(live, ckpts, tmp_path, expect_error):
         _run(live, ckpts["pmd"], tmp_path, "--rerank_topk", "3")
     with expect_error("--rerank needs a checkpoint with a PMD head"):
         _run(live, ckpts["icl"], tmp_path, "--rerank")
+    with expect_error("--precision fp16 needs a GPU"):
+        _run(live, ckpts["icl"], tmp_path, "--precision", "fp16", "--device", "cpu")
+    if not torch.cuda.is_available():
+        with expect_error("--device cuda, but no GPU is visible"):
+            _run(live, ckpts["icl"], tmp_path, "--device", "cuda")
 
 
 def test_help_imports_no_torch():
@@ -429,6 +438,12 @@ def test_encode_images_accepts_pil_and_rejects_bad_files(ckpts, tmp_path):
     with torch.no_grad():
         expected, _, _ = rec.model.encode_videos(chosen, torch.ones(1, 10, dtype=torch.bool))
     np.testing.assert_allclose(rec.encode_video(clip, fps=2.0), expected[0].numpy(), atol=1e-5)
+    # --fast_decode: JPEG draft mode for large images (not the exact pixels), whole decoding otherwise.
+    big = Image.fromarray(np.random.default_rng(1).integers(0, 256, (600, 800, 3), dtype=np.uint8))
+    big.save(tmp_path / "big.jpg", quality=90)
+    fast = Recognizer.load(ckpts["icl"], device="cpu", precision="fp32", fast_decode=True)
+    assert not torch.equal(fast.preprocess(tmp_path / "big.jpg"), rec.preprocess(tmp_path / "big.jpg"))
+    assert torch.equal(fast.preprocess(tmp_path / "a.png"), rec.preprocess(tmp_path / "a.png"))
     (tmp_path / "b.jpg").write_bytes(b"not an image")
     with pytest.raises(DataError, match="b.jpg: cannot read this image"):
         rec.encode_images([tmp_path / "b.jpg"])
