@@ -74,7 +74,7 @@ class Pass:
     windows: WindowScores
     shop: Shop
     decode: DecodeStats
-    seconds: dict  # {"decode": ..., "model": ...} wall time
+    seconds: dict  # wall time of {"shop", "decode_and_preprocess", "model"}
     frames: FrameSpool | None = None  # thumbnails of the sampled frames (keep_frames=True); close() when done
 
 
