@@ -41,12 +41,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_fast_decode(io)
     tl = p.add_argument_group("timeline")
     tl.add_argument("--fps", type=float, default=1.0, help="frames sampled per second of video")
-    tl.add_argument("--window", type=int, default=WINDOW, help="sampled frames per window (pooled as one clip)")
+    tl.add_argument("--window", type=int, default=WINDOW, help="sampled frames per window, pooled as one clip (4 at 1 fps: a 4-s clip)")
     tl.add_argument("--stride", type=int, default=STRIDE, help="sampled frames between window starts (<= --window)")
     tl.add_argument("--threshold", type=float, default=THRESHOLD,
-                    help="'no product' where no product's window score (cosine) beats this; depends on the model")
+                    help="'no product' where no product's window cosine beats this; a cosine, so it depends on the model "
+                    "(the default suits the demo model: docs/livestream.md, tools/sweep_timeline.py)")
     tl.add_argument("--switch_cost", type=float, default=SWITCH_COST,
-                    help="smoothing: the score a change of product must gain (0: each window's best on its own)")
+                    help="smoothing: the score a change of product (or to 'no product') must gain; 0: every window "
+                    "on its own")
     tl.add_argument("--rerank", action="store_true", help="re-order each window's top --rerank_topk products with "
                     "PMD (needs a checkpoint with a PMD head)")
     tl.add_argument("--rerank_topk", type=int, default=5, help="with --rerank: candidates per window")
@@ -55,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--precision", choices=("auto", *PRECISIONS), default="auto",
                      help="auto: bf16 on GPUs and CPUs with native bf16 (AVX512-BF16/AMX), fp32 elsewhere")
     run.add_argument("--batch_size", type=int, default=32, help="frames per encoder batch")
-    run.add_argument("--no_progress", action="store_true", help="no progress bar")
+    run.add_argument("--no_progress", action="store_true", help="no progress bar and no log lines (notes and the "
+                     "summary stay)")
     return p
 
 
