@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     tl.add_argument("--stride", type=int, default=STRIDE, help="sampled frames between window starts (<= --window)")
     tl.add_argument("--threshold", type=float, default=THRESHOLD,
                     help="'no product' where no product's window cosine beats this; a cosine, so it depends on the model "
-                    "(the default suits the demo model: docs/livestream.md, tools/sweep_timeline.py)")
+                    "(chosen for the demo model: docs/livestream.md; tune with tools/sweep_timeline.py)")
     tl.add_argument("--switch_cost", type=float, default=SWITCH_COST,
                     help="smoothing: the score a change of product (or to 'no product') must gain; 0: every window "
                     "on its own")
