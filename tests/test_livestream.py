@@ -480,3 +480,18 @@ def test_demo_livestream_script_reuses_the_model(trained, tmp_path):
     assert (tmp_path / "livestream" / "out" / "report.html").is_file()
     last = dict(kv.split("=") for kv in done.stdout.splitlines()[-2].split())
     assert float(last["chance_accuracy_uniform"]) == pytest.approx(100 / 7, abs=0.01)
+
+
+def test_screenshot_tool_without_a_browser(tmp_path):
+    """tools/screenshot_report.sh says what to install when no Chromium is on PATH (with one it renders; slow)."""
+    page = tmp_path / "report.html"
+    page.write_text("<!DOCTYPE html><html><body>x</body></html>")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("bash", "realpath", "sed", "test", "dirname"):
+        found = shutil.which(tool)
+        if found:
+            (bin_dir / tool).symlink_to(found)
+    done = subprocess.run(["bash", str(ROOT / "tools" / "screenshot_report.sh"), str(page), str(tmp_path / "x.png")],
+                          env={"PATH": str(bin_dir)}, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 3 and "install it (apt-get install chromium)" in done.stderr, done.stderr
