@@ -82,6 +82,11 @@ def build_parser(dataset: str) -> argparse.ArgumentParser:
     run.add_argument("--save_features", action="store_true",
                      help="also write features.npz (query/gallery ids and L2-normalised features)")
     run.add_argument("--no_progress", action="store_true", help="no tqdm progress bars")
+    run.add_argument("--report", action="store_true",
+                     help="also write report.html: the worst and a random sample of queries with their frames, "
+                     "top-10 gallery images (ground truth marked) and scores, images inlined")
+    run.add_argument("--report_queries", type=int, default=10,
+                     help="with --report: how many worst and how many random queries it shows (each)")
     return parser
 
 
@@ -89,7 +94,7 @@ def parse_args(dataset: str, argv: list[str] | None) -> argparse.Namespace:
     parser = build_parser(dataset)
     args = parse(parser, argv)
     check_at_least(parser, args, 1, ("n_gpu", "batch_size", "max_frames", "rerank_topk", "prefetch_factor"))
-    check_at_least(parser, args, 0, ("num_workers",))
+    check_at_least(parser, args, 0, ("num_workers", "report_queries"))
     check_at_least(parser, args, 1, ("pmd_chunk_size",))
     resolve_num_workers(args)
     return args
@@ -138,6 +143,12 @@ def evaluate(args: argparse.Namespace, dataset: str, runtime) -> dict | None:
             "video_pooling": config.video_pooling, **({"warnings": warnings} if warnings else {})}
     metrics = write_outputs(Path(args.output_dir), Outcome(split, found, info, vars(args), args.save_features))
     print_table(metrics)
+    if args.report:
+        from utils.eval.html_report import read_rankings, write_retrieval_report
+
+        page = write_retrieval_report(Path(args.output_dir), split, read_rankings(Path(args.output_dir)),
+                                      args.report_queries, args.report_queries)
+        print(f"report: {page}")
     return metrics
 
 
