@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from utils.errors import ConfigError, one_line_errors
-from utils.options import HelpFormatter, add_fast_decode, check_writable
+from utils.options import HelpFormatter, add_fast_decode, check_writable, resolve_decode
 from utils.runtime.precision import PRECISIONS
 
 # Defaults measured on the synthetic livestream with the demo's ICL model (docs/livestream.md).
@@ -65,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = build_parser()
     args = parser.parse_args(argv)
+    resolve_decode(parser, args)
     for name in ("window", "stride", "batch_size", "rerank_topk"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
@@ -97,7 +98,7 @@ def run(args: argparse.Namespace) -> dict:
 
     start = time.perf_counter()
     rec = Recognizer.load(args.ckpt, device=args.device, precision=None if args.precision == "auto" else args.precision,
-                          fast_decode=args.fast_decode)
+                          decode=args.decode)
     log = print if not args.no_progress else (lambda *a, **k: None)
     for note in shop.notes():
         print(f"note: --shop {args.shop}: {note}", file=sys.stderr)

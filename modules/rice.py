@@ -217,6 +217,15 @@ class RICEModel(nn.Module):
         emb, tokens = self.visual(frames.flatten(0, 1)[index], return_tokens)
         return self._video_outputs(emb, tokens, index, mask)
 
+    def pool_frames(self, frame_emb: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
+        """Raw embeddings of the valid frames [F, E] (in mask order) + mask [B, T] -> video embeddings [B, E].
+
+        The pooling `encode_videos` applies after its encoder pass (v1: normalise
+        each frame, mean, normalise; v2: mean, normalise).
+        """
+        index, mask = _frame_plan(frame_mask, None, frame_emb.device)
+        return self._video_outputs(frame_emb, None, index, mask)[0]
+
     def _video_outputs(self, frame_emb, frame_tokens, index, frame_mask):
         """Scatter per-valid-frame outputs (flat positions `index`) back to [B, T, ...] (zeros for padding), pool."""
         b, t = frame_mask.shape

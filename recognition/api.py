@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 
 from dataloaders.sampling import eval_frame_indices
-from dataloaders.transforms import build_transform, load_rgb
+from dataloaders.transforms import build_transform
 from modules.checkpoint import load_checkpoint
 from modules.rice import RICEModel
 from recognition.shop import IMAGE_SUFFIXES, Shop, load_shop
@@ -62,32 +62,33 @@ def resolve_device(name: str | None) -> torch.device:
 class Recognizer:
     """A loaded RICE model with its preprocessing, device and precision."""
 
-    def __init__(self, model: RICEModel, device: torch.device, precision: str, fast_decode: bool = False):
+    def __init__(self, model: RICEModel, device: torch.device, precision: str, decode: str = "exact"):
         check_precision(precision, device)
         self.model = model.to(device).eval()
         self.config = model.config
         self.device, self.precision = device, precision
         self.transform = build_transform(self.config.preprocessing, train=False,
-                                         image_size=self.config.vision.image_size, fast_decode=fast_decode)
+                                         image_size=self.config.vision.image_size, decode=decode)
 
     @classmethod
     def load(cls, ckpt_path: str | Path, device: str | None = None, precision: str | None = None,
-             fast_decode: bool = False) -> Recognizer:
+             decode: str = "exact") -> Recognizer:
         """Load any checkpoint the evaluation scripts read (OpenAI, RICE v1/v2, ours), with all its heads.
 
         device: "cpu", "cuda", "cuda:1" or None (a GPU when there is one).
         precision: "fp32", "bf16", "fp16" or None (bf16 where the hardware has it, else fp32).
+        decode: "exact" (the releases' pixels), "draft" or "tv" (faster; docs/data.md#decoding).
         """
         dev = resolve_device(device)
         model = RICEModel.from_checkpoint(load_checkpoint(ckpt_path))
-        return cls(model, dev, precision or default_precision(dev), fast_decode)
+        return cls(model, dev, precision or default_precision(dev), decode)
 
     # ------------------------------------------------------------ pixels
     def preprocess(self, image: Image.Image | str | Path) -> torch.Tensor:
         """A PIL image or an image file -> uint8 [3, S, S] (the checkpoint's eval preprocessing)."""
         if not isinstance(image, Image.Image):
             try:
-                image = load_rgb(str(image), self.transform.decode_size)
+                return self.transform.read(str(image))
             except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
                 raise DataError(f"{image}: cannot read this image ({err})") from None
         return self.transform(image.convert("RGB"))
@@ -124,8 +125,7 @@ class Recognizer:
         v2: mean, normalise), exactly what `RICEModel.encode_videos` does after
         its encoder pass.
         """
-        emb, _, _ = self.model._video_outputs(frame_raw.to(self.device), None, frame_mask.to(self.device))
-        return emb.float().cpu()
+        return self.model.pool_frames(frame_raw.to(self.device), frame_mask.cpu()).float().cpu()
 
     @torch.no_grad()
     def encode_video(self, video: str | Path | Sequence[Image.Image], max_frames: int = 10,

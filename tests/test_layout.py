@@ -18,6 +18,7 @@ ALLOWED_UTILS = {
     "dataloaders": {"utils.errors", "utils.runtime"},
     "utils/runtime": {"utils.errors", "utils.runtime"},
     "utils/eval": {"utils.errors", "utils.runtime", "utils.options", "utils.eval"},
+    "recognition": {"utils.errors", "utils.runtime", "utils.eval"},
 }
 
 

@@ -438,12 +438,16 @@ def test_encode_images_accepts_pil_and_rejects_bad_files(ckpts, tmp_path):
     with torch.no_grad():
         expected, _, _ = rec.model.encode_videos(chosen, torch.ones(1, 10, dtype=torch.bool))
     np.testing.assert_allclose(rec.encode_video(clip, fps=2.0), expected[0].numpy(), atol=1e-5)
-    # --fast_decode: JPEG draft mode for large images (not the exact pixels), whole decoding otherwise.
+    # decode="draft" (--fast_decode): JPEG draft mode for large images (not the exact pixels), whole decoding otherwise.
     big = Image.fromarray(np.random.default_rng(1).integers(0, 256, (600, 800, 3), dtype=np.uint8))
     big.save(tmp_path / "big.jpg", quality=90)
-    fast = Recognizer.load(ckpts["icl"], device="cpu", precision="fp32", fast_decode=True)
+    fast = Recognizer.load(ckpts["icl"], device="cpu", precision="fp32", decode="draft")
     assert not torch.equal(fast.preprocess(tmp_path / "big.jpg"), rec.preprocess(tmp_path / "big.jpg"))
     assert torch.equal(fast.preprocess(tmp_path / "a.png"), rec.preprocess(tmp_path / "a.png"))
+    # decode="tv": torchvision's decoder and uint8 resize, within one grey level of exact.
+    tv = Recognizer.load(ckpts["icl"], device="cpu", precision="fp32", decode="tv")
+    diff = (tv.preprocess(tmp_path / "big.jpg").int() - rec.preprocess(tmp_path / "big.jpg").int()).abs()
+    assert tv.transform.decode == "tv" and diff.max() <= 1
     (tmp_path / "b.jpg").write_bytes(b"not an image")
     with pytest.raises(DataError, match="b.jpg: cannot read this image"):
         rec.encode_images([tmp_path / "b.jpg"])
