@@ -18,6 +18,7 @@ from modules.rice import RICEModel
 from utils.errors import ConfigError, TrainingError
 from utils.options import check_writable
 from utils.runtime.distributed import Runtime, any_process, barrier
+from utils.train.recipes import init_heads
 
 log = logging.getLogger("rice.train")
 
@@ -40,6 +41,7 @@ def build_model(args: argparse.Namespace) -> RICEModel:
     if args.pretrained_clip:
         ckpt = load_checkpoint(args.pretrained_clip)
         model = RICEModel(RICEConfig(vision=ckpt.vision, **heads))
+        init_heads(model, getattr(args, "recipe", "modern"))
         model.init_from_clip(ckpt)
         log.info("encoder initialised from %s (%s)", ckpt.path, ckpt.format)
     elif args.init_model:
@@ -49,6 +51,7 @@ def build_model(args: argparse.Namespace) -> RICEModel:
         model = RICEModel.from_rice_init(ckpt, config)
     else:
         model = RICEModel(RICEConfig(vision=VISION_CONFIGS[args.model_config], **heads))
+        init_heads(model, getattr(args, "recipe", "modern"))
         log.warning("no --pretrained_clip: the %s encoder starts from RANDOM weights (fine for tests and the "
                     "demo; for real training pass --pretrained_clip ViT-B-32.pt)", args.model_config)
     if args.grad_checkpointing:

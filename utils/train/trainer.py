@@ -43,8 +43,8 @@ from utils.train.checkpointing import (
 )
 from utils.train.engine import EpochSampler, train_step
 from utils.train.logs import TrainLogger
-from utils.train.optim import build_optimizer
 from utils.train.params import save_args
+from utils.train.recipes import build_optimizer, prepare_model, v1_warmup_proportion
 from utils.train.scheduler import set_lr
 from utils.train.validation import validate
 
@@ -74,7 +74,7 @@ class Trainer:
         self.local_batch = _local_batch(args, runtime.world_size)
         prepare_output_dir(args, runtime)
         self._build_data_and_model()
-        self.optimizer = build_optimizer(self.model, args.lr, args.coef_lr, args.weight_decay)
+        self.optimizer = build_optimizer(self.model, args)
         self.precision = Precision(args.precision, runtime.device)
         self.step, self.epoch, self.sample_in_epoch = 0, 0, 0
         self.validated_at = None  # the step of the last validation
@@ -96,6 +96,7 @@ class Trainer:
         pairs = spec.load_train(root, args)
         torch.manual_seed(args.seed)
         self.model = build_model(args).to(runtime.device)
+        prepare_model(self.model, args.recipe, runtime.world_size)
         size = self.model.config.vision.image_size
         transform = build_transform(args.transform_style, True, size, fast_decode=args.fast_decode)
         self.dataset = PairDataset(pairs, transform, transform, max_frames=args.max_frames, seed=args.seed)
@@ -199,7 +200,7 @@ class Trainer:
                             pin_memory=runtime.device.type == "cuda",
                             generator=torch.Generator().manual_seed(args.seed + self.epoch))
         for batch in loader:
-            set_lr(self.optimizer, self.step, self.total_steps, self.warmup_steps)
+            set_lr(self.optimizer, self.step, self.total_steps, self.warmup_steps, v1_warmup_proportion(args))
             losses = train_step(self.ddp, batch, self.optimizer, self.precision, args.gradient_accumulation_steps,
                                 args.clip_grad_norm, runtime.device)
             self.step, self.sample_in_epoch = self.step + 1, self.sample_in_epoch + args.batch_size
