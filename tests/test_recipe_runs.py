@@ -1,4 +1,4 @@
-"""Each release recipe trains every row end to end on the CPU, and its model evaluates.
+"""Each release recipe trains every row end to end on the CPU, and its model evaluates (re-ranking with PMD).
 
 The modern recipe's runs are tests/test_train_e2e.py. Tiny random-weight ViT on
 the small synthetic dataset, 24 steps in-process; the ICL and PMD terms must
@@ -22,7 +22,11 @@ ROWS = {
     "icl_pmd": ["--sim_header", "cross_attention"],
     "icl_pmd_pfr": ["--sim_header", "cross_attention", "--recons_feat"],
 }
-RECIPES = {"v1_release": ["--lr", "1e-3", "--coef_lr", "1"]}
+# recipe: (flags, the fraction of the first steps' ICL+PMD the last steps must stay below). v2's ICL
+# starts at 16·cos, near chance on random weights, so its loss has less room to fall in 24 steps;
+# v2's fp16 AMP is GPU-only, so the CPU runs it in fp32.
+RECIPES = {"v1_release": (["--lr", "1e-3", "--coef_lr", "1"], 0.9),
+           "v2_release": (["--lr", "1e-2", "--coef_lr", "0.1", "--precision", "fp32"], 0.95)}
 STEPS = 24
 
 
@@ -33,15 +37,15 @@ def test_recipe_row_trains_and_evaluates(recipe, row, small_data, tmp_path):
     result = lpr4m_train.main([
         "--dataset", "lpr4m", "--data_root", data_root, "--model_config", "tiny", "--max_frames", "3",
         "--batch_size", "8", "--max_steps", str(STEPS), "--num_workers", "0", "--log_every_steps", "1",
-        "--no_progress", "--no_tensorboard", "--output_dir", str(out), "--recipe", recipe, *RECIPES[recipe],
+        "--no_progress", "--no_tensorboard", "--output_dir", str(out), "--recipe", recipe, *RECIPES[recipe][0],
         *ROWS[row]])
     assert result["step"] == STEPS
     records = [r for r in read_log(out / "log.jsonl") if "loss" in r]
-    assert records[0]["lr_encoder"] == 0.0  # v1: the first step has rate 0
+    assert records[0]["lr_encoder"] == 0.0  # both releases: the first step has rate 0
     assert all(math.isfinite(r["loss"]) for r in records)
     matched = [sum(r[k] for k in ("icl", "pmd") if k in r) for r in records]
     first, last = sum(matched[:6]) / 6, sum(matched[-6:]) / 6
-    assert last < 0.9 * first, f"{recipe} {row}: ICL+PMD went from {first:.3f} to {last:.3f}"
+    assert last < RECIPES[recipe][1] * first, f"{recipe} {row}: ICL+PMD went from {first:.3f} to {last:.3f}"
     assert yaml.safe_load((out / "args.yaml").read_text())["recipe"] == recipe
     metrics = lpr4m_embedding_eval.main([
         "--data_root", data_root, "--ckpt_path", result["model_path"], "--output_dir", str(tmp_path / "eval"),

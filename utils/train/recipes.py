@@ -10,6 +10,12 @@
   its warm-up/cosine on the global progress, weight decay on every name without
   "bias", N(0, 0.02) heads with PyTorch's default PFR convolutions, and
   1/world_size of the true encoder gradient under several processes.
+- `v2_release`: the v2 release's method and recipe: its heads and losses
+  (modules/rice_v2.py, modules/heads_v2.py: learnable ICL scale, 10·cos PMD
+  score from a decoder started from the last CLIP blocks, softmax PFR on
+  pre-`ln_post` tokens, unweighted sum), its AdamW (utils/train/adamw_v2.py)
+  with the decay rule of v1, its warm-up/cosine, no clipping, fp16 AMP, the v2
+  transform, 5000 updates.
 
 A recipe also presets flags (`PRESETS`). Precedence, lowest first: the
 parser's defaults, the recipe's presets, the YAML `--config`, `--row`, the
@@ -25,7 +31,7 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-RECIPES = ("modern", "v1_release")
+RECIPES = ("modern", "v1_release", "v2_release")
 DEFAULT_RECIPE = "modern"
 PRESETS: dict[str, dict] = {
     "modern": {},
@@ -33,10 +39,20 @@ PRESETS: dict[str, dict] = {
     # global clip 1.0, 10 frames; precision "fp32" here means no autocast: the encoder weights are fp16.
     "v1_release": {"lr": 3e-4, "coef_lr": 1e-3, "weight_decay": 0.2, "clip_grad_norm": 1.0,
                    "warmup_proportion": 0.1, "precision": "fp32", "transform_style": "v1", "max_frames": 10},
+    # v2 projects/*/configs: encoder lr 1e-6 and heads x100, weight decay 0.2, 5000 updates with 500
+    # warm-up, no clipping, fp16 AMP, batch 96, 10 frames, the v2 transform.
+    "v2_release": {"lr": 1e-4, "coef_lr": 1e-2, "weight_decay": 0.2, "clip_grad_norm": 0.0,
+                   "warmup_proportion": 0.1, "precision": "fp16", "transform_style": "v2", "max_frames": 10,
+                   "max_steps": 5000, "batch_size": 96},
 }
+# v2's AdamW betas: (0.9, 0.999) on LPR4M, (0.9, 0.98) on MovingFashion (its configs); eps 1e-6.
+V2_BETAS = {"movingfashion": (0.9, 0.98)}
+V2_DEFAULT_BETAS = (0.9, 0.999)
 RECIPE_HELP = ("modern: this project's exact recipe (fp32 master weights, AdamW, exact global-batch gradient); "
                "v1_release: the v1 release's numerics, bug-compatible (fp16 encoder weights, BertAdam, its "
-               "schedule, decay rule, init and 1/world_size encoder gradient). A recipe presets flags that "
+               "schedule, decay rule, init and 1/world_size encoder gradient); v2_release: the v2 release's "
+               "heads, losses, optimizer and schedule (fp16 AMP: on a CPU pass --precision fp32). A recipe presets "
+               "flags that "
                "--config and the command line can still change (docs/recipes.md)")
 ENCODER_PREFIX = "visual."
 
@@ -55,6 +71,20 @@ def check_recipe_args(parser: argparse.ArgumentParser, args: argparse.Namespace)
         parser.error(f"--recipe v1_release trains fp16 encoder weights without autocast, as the v1 release did; "
                      f"--precision {args.precision} would change that: pass --precision fp32 (the recipe's preset; "
                      "a --config of another recipe may have set it)")
+    if args.recipe == "v2_release" and getattr(args, "init_model", None):
+        parser.error("--recipe v2_release starts from CLIP (--pretrained_clip) or random weights; --init_model "
+                     "is not supported with it")
+
+
+def model_class(recipe: str):
+    """(the model class, RICEConfig fields) a recipe trains."""
+    if recipe == "v2_release":
+        from modules.rice_v2 import RICEv2Model
+
+        return RICEv2Model, {"head_style": "v2", "video_pooling": "v2"}
+    from modules.rice import RICEModel
+
+    return RICEModel, {}
 
 
 # --------------------------------------------------------------------------- model
@@ -68,6 +98,9 @@ def init_heads(model: nn.Module, recipe: str) -> None:
     (v1 initialised only Linear, Embedding and its LayerNorm class). `modern`
     keeps the modules' own initialisation.
     """
+    if recipe == "v2_release":
+        model.init_decoder()  # from the encoder's last blocks (again after a CLIP load)
+        return
     if recipe != "v1_release":
         return
     import torch
@@ -139,6 +172,23 @@ def v1_param_groups(model: nn.Module, lr: float, coef_lr: float, weight_decay: f
     return groups
 
 
+def v2_param_groups(model: nn.Module, lr: float, coef_lr: float, weight_decay: float) -> list[dict]:
+    """v2's groups: the decoder and heads at `lr` (v2: 1e-6 x 100), the encoder and the ICL scale
+    `logit_scale` at `lr · coef_lr` (v2's base rate: its name matched none of v2's faster patterns);
+    decay as v1's rule (`v1_decays`)."""
+    buckets: dict[tuple[bool, bool], list] = {}
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            slow = name.startswith(ENCODER_PREFIX) or name == "logit_scale"
+            buckets.setdefault((slow, v1_decays(name)), []).append(param)
+    groups = []
+    for (slow, decay), params in sorted(buckets.items(), reverse=True):
+        base_lr = lr * coef_lr if slow else lr
+        groups.append({"params": params, "name": f"{'encoder' if slow else 'heads'}_{'decay' if decay else 'no_decay'}",
+                       "lr": base_lr, "base_lr": base_lr, "weight_decay": weight_decay if decay else 0.0})
+    return groups
+
+
 def build_optimizer(model: nn.Module, args: argparse.Namespace) -> torch.optim.Optimizer:
     """The recipe's optimizer over `model`'s trainable parameters."""
     if args.recipe == "v1_release":
@@ -147,6 +197,11 @@ def build_optimizer(model: nn.Module, args: argparse.Namespace) -> torch.optim.O
         groups = v1_param_groups(model, args.lr, args.coef_lr, args.weight_decay)
         # v1: BertAdam(b1=0.9, b2=0.98, e=1e-6, max_grad_norm=1.0) after a global clip to 1.0
         return BertAdam(groups, lr=args.lr, betas=(0.9, 0.98), eps=1e-6, max_grad_norm=1.0)
+    if args.recipe == "v2_release":
+        from utils.train.adamw_v2 import AdamWv2
+
+        groups = v2_param_groups(model, args.lr, args.coef_lr, args.weight_decay)
+        return AdamWv2(groups, lr=args.lr, betas=V2_BETAS.get(args.dataset, V2_DEFAULT_BETAS), eps=1e-6)
     from utils.train.optim import build_optimizer as build_adamw
 
     return build_adamw(model, args.lr, args.coef_lr, args.weight_decay)

@@ -36,17 +36,28 @@ def v1_lr_factor(step: int, total_steps: int, warmup_proportion: float) -> float
     return 0.5 * (1.0 + math.cos(math.pi * x))
 
 
+def v2_lr_factor(step: int, total_steps: int, warmup_steps: int) -> float:
+    """The v2 release's `warmup_cosine` multiplier (recipe v2_release): `step / warmup` during the
+    warm-up (the first step at rate 0, the peak one step later than ours), then the cosine on the
+    part after the warm-up, as `lr_factor`."""
+    if step < warmup_steps:
+        return step / warmup_steps
+    return lr_factor(step, total_steps, warmup_steps)
+
+
 def set_lr(optimizer: torch.optim.Optimizer, step: int, total_steps: int, warmup_steps: int,
-           v1_warmup_proportion: float | None = None) -> float:
+           v1_warmup_proportion: float | None = None, rule: str = "modern") -> float:
     """Set every group's rate for `step`; returns the factor.
 
-    With `v1_warmup_proportion` the v1 release's schedule (`v1_lr_factor`) is
-    used instead of ours and `warmup_steps` is not read.
+    `rule` "v2_release" uses `v2_lr_factor`; with `v1_warmup_proportion` the v1
+    release's schedule (`v1_lr_factor`) is used and `warmup_steps` is not read.
     """
-    if v1_warmup_proportion is None:
-        factor = lr_factor(step, total_steps, warmup_steps)
-    else:
+    if v1_warmup_proportion is not None:
         factor = v1_lr_factor(step, total_steps, v1_warmup_proportion)
+    elif rule == "v2_release":
+        factor = v2_lr_factor(step, total_steps, warmup_steps)
+    else:
+        factor = lr_factor(step, total_steps, warmup_steps)
     for group in optimizer.param_groups:
         group["lr"] = group["base_lr"] * factor
     return factor

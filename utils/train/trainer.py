@@ -200,7 +200,8 @@ class Trainer:
                             pin_memory=runtime.device.type == "cuda",
                             generator=torch.Generator().manual_seed(args.seed + self.epoch))
         for batch in loader:
-            set_lr(self.optimizer, self.step, self.total_steps, self.warmup_steps, v1_warmup_proportion(args))
+            set_lr(self.optimizer, self.step, self.total_steps, self.warmup_steps, v1_warmup_proportion(args),
+                   args.recipe)
             losses = train_step(self.ddp, batch, self.optimizer, self.precision, args.gradient_accumulation_steps,
                                 args.clip_grad_norm, runtime.device)
             self.step, self.sample_in_epoch = self.step + 1, self.sample_in_epoch + args.batch_size
