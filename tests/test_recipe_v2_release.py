@@ -229,3 +229,18 @@ def test_v2_checkpoint_loads_scores_and_reranks(tmp_path, small_data):
     saved = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert saved["checkpoint_format"] == "rice_v2"
     assert any("rerank" in k or "reranked" in k for k in saved), sorted(saved)
+
+
+def test_v2_tail_cut_only_for_full_clips():
+    import numpy as np
+
+    from dataloaders.sampling import train_frame_indices
+
+    lengths = {n: set() for n in (3, 10, 25)}
+    for seed in range(200):
+        for n in lengths:
+            lengths[n].add(len(train_frame_indices(n, 10, np.random.default_rng(seed), full_only=True)))
+    assert lengths[3] == {3}  # fewer frames than max_frames: never cut under v2's rule
+    assert lengths[10] == lengths[25] == set(range(1, 11))  # 10 sampled: cut to 10 - floor(10·p), p = 0 .. 0.9
+    v1 = {len(train_frame_indices(3, 10, np.random.default_rng(seed))) for seed in range(200)}
+    assert v1 == {1, 2, 3}  # v1's rule cuts short clips too

@@ -99,7 +99,8 @@ class Trainer:
         prepare_model(self.model, args.recipe, runtime.world_size)
         size = self.model.config.vision.image_size
         transform = build_transform(args.transform_style, True, size, fast_decode=args.fast_decode)
-        self.dataset = PairDataset(pairs, transform, transform, max_frames=args.max_frames, seed=args.seed)
+        self.dataset = PairDataset(pairs, transform, transform, max_frames=args.max_frames, seed=args.seed,
+                                   tail_cut="v2" if args.recipe == "v2_release" else "v1")
         self.sampler = EpochSampler(len(self.dataset), runtime.world_size, runtime.rank, self.local_batch, args.seed)
         self.steps_per_epoch = self.sampler.batches_per_epoch
         if self.steps_per_epoch == 0:
