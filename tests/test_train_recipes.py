@@ -19,6 +19,7 @@ import yaml
 from tools import plot_logs
 from utils.options import ROWS as ROW_FLAGS
 from utils.train.params import build_parser, parse_args
+from utils.train.recipes import PRESETS
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "scripts"
@@ -247,26 +248,44 @@ def _config(dataset):
 
 
 # Configs of release recipes beside each dataset's default one (scripts/train.sh: RECIPE=...).
-RECIPE_CONFIGS = {"lpr4m_v1_release": ("lpr4m", "v1_release")}
+RECIPE_CONFIGS = {"lpr4m_v1_release": ("lpr4m", "v1_release"), "lpr4m_v2_release": ("lpr4m", "v2_release"),
+                  "movingfashion_modern": ("movingfashion", "modern")}
+# The recipe of each dataset's default config: MovingFashion's figures are all the v2 release's.
+DEFAULT_RECIPE = {"lpr4m": "modern", "movingfashion": "v2_release"}
+MODERN_CONFIGS = ("lpr4m", "movingfashion_modern")
+# What the release recipes' presets give (v1 main_task_retrieval.py; v2 projects/*/configs).
+RELEASE_VALUES = {
+    "v1_release": {"lr": 3e-4, "coef_lr": 1e-3, "weight_decay": 0.2, "clip_grad_norm": 1.0,
+                   "warmup_proportion": 0.1, "precision": "fp32", "max_frames": 10, "batch_size": 96,
+                   "transform_style": "v1"},
+    "v2_release": {"lr": 1e-4, "coef_lr": 1e-2, "weight_decay": 0.2, "clip_grad_norm": 0.0,
+                   "warmup_proportion": 0.1, "precision": "fp16", "max_frames": 10, "batch_size": 96,
+                   "transform_style": "v2", "max_steps": 5000},
+}
 
 
 def test_one_config_per_dataset_and_recipe():
     assert sorted(p.stem for p in CONFIGS.glob("*.yaml")) == sorted([*DATASETS, *RECIPE_CONFIGS])
 
 
-@pytest.mark.parametrize("name", sorted(RECIPE_CONFIGS))
+@pytest.mark.parametrize("name", ["lpr4m_v1_release", "lpr4m_v2_release", "movingfashion"])
 def test_release_recipe_config_gets_the_recipe_values(name):
-    dataset, recipe = RECIPE_CONFIGS[name]
+    dataset, recipe = RECIPE_CONFIGS.get(name, (name, DEFAULT_RECIPE.get(name)))
     cfg = yaml.safe_load((CONFIGS / f"{name}.yaml").read_text())
     assert cfg["dataset"] == dataset and cfg["recipe"] == recipe
     assert not set(cfg) & (PATH_KEYS | {"row", *ROW_FLAGS["icl_pmd_pfr"]})
+    assert not set(cfg) & set(PRESETS[recipe]), "the recipe's presets give these"
     args = parse_args(["--config", str(CONFIGS / f"{name}.yaml"), "--data_root", "x"])
-    # the v1 values (main_task_retrieval.py) come from the recipe's presets
-    assert (args.recipe, args.lr, args.coef_lr, args.weight_decay, args.clip_grad_norm, args.warmup_proportion,
-            args.precision, args.max_frames, args.batch_size) == (recipe, 3e-4, 1e-3, 0.2, 1.0, 0.1, "fp32", 10, 96)
+    assert args.recipe == recipe
+    assert {k: getattr(args, k) for k in RELEASE_VALUES[recipe]} == RELEASE_VALUES[recipe]
 
 
 @pytest.mark.parametrize("dataset", DATASETS)
+def test_default_config_recipe(dataset):
+    assert _config(dataset)["recipe"] == DEFAULT_RECIPE[dataset]
+
+
+@pytest.mark.parametrize("dataset", MODERN_CONFIGS)
 def test_config_holds_the_modern_recipe_and_no_row(dataset):
     cfg = _config(dataset)
     assert isinstance(cfg, dict)
@@ -274,7 +293,7 @@ def test_config_holds_the_modern_recipe_and_no_row(dataset):
     assert not unknown, f"keys that are not flags of lpr4m_train.py: {unknown}"
     assert not set(cfg) & PATH_KEYS, "no data, model or output paths in the configs"
     assert not set(cfg) & {"row", *ROW_FLAGS["icl_pmd_pfr"]}, "the row comes from --row"
-    assert cfg["dataset"] == dataset
+    assert cfg["dataset"] == dataset.split("_")[0]
     # the modern recipe (docs/training.md) at the README batch
     expected = {"recipe": "modern", "model_config": "ViT-B/32", "max_frames": 10, "batch_size": 96, "lr": 3e-4, "coef_lr": 1e-3,
                 "weight_decay": 0.2, "warmup_proportion": 0.1, "seed": 42}
@@ -287,7 +306,7 @@ def test_config_holds_the_modern_recipe_and_no_row(dataset):
 
 
 def test_datasets_share_the_model_recipe():
-    lpr, mf = _config("lpr4m"), _config("movingfashion")
+    lpr, mf = _config("lpr4m"), _config("movingfashion_modern")
     allowed = {"dataset", "epochs"}
     assert {k: v for k, v in lpr.items() if k not in allowed} == {k: v for k, v in mf.items() if k not in allowed}
 
