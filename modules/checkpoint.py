@@ -11,10 +11,10 @@ One entry point, `load_checkpoint(path)`, detects the format and returns a
 |           |                                                | `cross.*`, `similarity_dense.*`,            |
 |           |                                                | `recons_weights.*`; fp16 weights            |
 | "rice_v2" | `rice_final.pth`, or `iter{N}.ckpt` holding it | `module.image_encoder.model.*` (encoder),    |
-|           | under `model` (docs/checkpoints.md)                      | `module.transformer.*` (unused 768-d PMD)   |
+|           | under `model` (docs/checkpoints.md)                      | `module.transformer.*` (the v2 heads)       |
 | "ours"    | `{"format": "rice-repro", "model": ...}`       | `visual.*`, `cross.*`, ... (RICEModel)      |
 
-Loading is strict: the unused CLIP text tower (and v2's own PMD variant) is
+Loading is strict: the unused CLIP text tower (and v2's unused decoder embeddings) is
 ignored with one log line; any other missing or unexpected key is a
 `CheckpointError` that names the keys and the file. Plain pickles are read
 with `weights_only=True`, so a checkpoint cannot run code on load.
