@@ -205,3 +205,32 @@ def test_encoder_gradient_is_one_over_world_size_with_two_processes(tmp_path):
     encoder = torch.cat([two[n].float().reshape(-1) for n, _ in model.named_parameters() if n.startswith("visual.")])
     full = torch.cat([p.grad.float().reshape(-1) for n, p in model.named_parameters() if n.startswith("visual.")])
     assert (encoder.norm() / full.norm()).item() == pytest.approx(0.5, abs=0.01)
+
+
+@torch.no_grad()
+def test_v1_losses_on_a_fixed_batch_with_the_fp16_encoder():
+    """ICL from the fp16 encoder's (fp32) embeddings by the formula; the total is ICL + PMD + 0.05·PFR."""
+    import torch.nn.functional as F
+
+    model = _model()
+    prepare_model(model, "v1_release", world_size=1)
+    model.eval()
+    g = torch.Generator().manual_seed(4)
+    images = torch.randint(0, 256, (5, 3, 64, 64), generator=g, dtype=torch.uint8)
+    frames = torch.randint(0, 256, (5, 2, 3, 64, 64), generator=g, dtype=torch.uint8)
+    mask = torch.ones(5, 2, dtype=torch.bool)
+    mask[2, 1] = False
+    features = model.encode_pairs(images, frames, mask)
+    losses = model.pair_losses(features)
+    # the embeddings, recomputed: fp16 encoder outputs cast to fp32; v1 pooling (normalise, mean, normalise)
+    emb, _ = model.visual(images)
+    img = emb / emb.norm(dim=-1, keepdim=True)
+    per_frame, _ = model.visual(frames[mask])
+    per_frame = per_frame / per_frame.norm(dim=-1, keepdim=True)
+    vid = torch.stack([per_frame[mask[:i].sum():mask[:i + 1].sum()].mean(0) for i in range(5)])
+    vid = vid / vid.norm(dim=-1, keepdim=True)
+    assert img.dtype == vid.dtype == torch.float32
+    target = torch.arange(5)
+    icl = 0.5 * (F.cross_entropy(100 * img @ vid.T, target) + F.cross_entropy(100 * vid @ img.T, target))
+    torch.testing.assert_close(losses["icl"], icl, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(losses["loss"], losses["icl"] + losses["pmd"] + 0.05 * losses["pfr"])
