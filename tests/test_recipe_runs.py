@@ -9,8 +9,14 @@ must stay finite).
 
 import json
 import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 import lpr4m_embedding_eval
@@ -52,3 +58,25 @@ def test_recipe_row_trains_and_evaluates(recipe, row, small_data, tmp_path):
         "--n_gpu", "1", "--num_workers", "0", "--no_progress", *ROWS[row]])
     saved = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert metrics is not None and all(0.0 <= saved[k] <= 100.0 for k in ("R1", "R5", "R10"))
+
+
+def test_v1_release_resumes_bit_identically(small_data, tmp_path):
+    """BertAdam's fp16 state and the fp16 weights survive a checkpoint: resuming from the epoch-1
+    checkpoint ends with the uninterrupted run's weights, bit for bit (one thread, as the resume test)."""
+    root = Path(__file__).resolve().parents[1]
+    args = [sys.executable, str(root / "lpr4m_train.py"), "--dataset", "lpr4m", "--data_root",
+            str(small_data / "lpr4m"), "--model_config", "tiny", "--max_frames", "3", "--batch_size", "8",
+            "--max_steps", "8", "--num_workers", "0", "--no_progress", "--no_tensorboard", "--keep_checkpoints", "0",
+            "--recipe", "v1_release", *RECIPES["v1_release"][0], *ROWS["icl_pmd_pfr"]]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE"):
+        env.pop(name, None)
+    subprocess.run([*args, "--output_dir", str(tmp_path / "a")], env=env, check=True, capture_output=True, timeout=120)
+    (tmp_path / "b" / "checkpoints").mkdir(parents=True)
+    shutil.copy(tmp_path / "a" / "checkpoints" / "epoch_1.pt", tmp_path / "b" / "checkpoints" / "last.pt")
+    subprocess.run([*args, "--output_dir", str(tmp_path / "b"), "--resume", "latest"], env=env, check=True,
+                   capture_output=True, timeout=120)
+    a, b = (torch.load(tmp_path / run / "model.pt", weights_only=True)["model"] for run in ("a", "b"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    state = torch.load(tmp_path / "a" / "checkpoints" / "last.pt", weights_only=True)["optimizer"]["state"]
+    assert any(s["exp_avg"].dtype == torch.float16 for s in state.values())  # fp16 moments were saved
