@@ -185,7 +185,8 @@ def test_encoder_gradient_is_one_over_world_size_with_two_processes(tmp_path):
                 "frame_mask": mask}, tmp_path / "in.pt")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(ROOT / "tests" / "recipe_grad_worker.py"), str(tmp_path / "in.pt"), str(tmp_path / "out.pt")]
+           str(ROOT / "tests" / "recipe_grad_worker.py"), str(tmp_path / "in.pt"), str(tmp_path / "out.pt"),
+           "v1_release"]
     proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     two = torch.load(tmp_path / "out.pt", weights_only=True)

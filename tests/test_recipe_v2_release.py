@@ -3,14 +3,21 @@ written out here, and a v2-format checkpoint (`rice_final.pth`, the v2 code's na
 scores and re-ranks.
 """
 
+import json
 import math
+import os
+import subprocess
+import sys
 from argparse import Namespace
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 import lpr4m_embedding_eval
+from dataloaders.sampling import train_frame_indices
 from modules.checkpoint import load_checkpoint
 from modules.clip_vit import normalize_pixels
 from modules.config import VISION_CONFIGS
@@ -224,17 +231,12 @@ def test_v2_checkpoint_loads_scores_and_reranks(tmp_path, small_data):
         "--data_root", str(small_data / "lpr4m"), "--ckpt_path", str(path), "--output_dir", str(tmp_path / "eval"),
         "--n_gpu", "1", "--num_workers", "0", "--no_progress", "--sim_header", "cross_attention",
         "--cross_num_hidden_layers", "2"])
-    import json
-
     saved = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert saved["checkpoint_format"] == "rice_v2"
     assert any("rerank" in k or "reranked" in k for k in saved), sorted(saved)
 
 
 def test_v2_tail_cut_only_for_full_clips():
-    import numpy as np
-
-    from dataloaders.sampling import train_frame_indices
 
     lengths = {n: set() for n in (3, 10, 25)}
     for seed in range(200):
@@ -244,3 +246,24 @@ def test_v2_tail_cut_only_for_full_clips():
     assert lengths[10] == lengths[25] == set(range(1, 11))  # 10 sampled: cut to 10 - floor(10·p), p = 0 .. 0.9
     v1 = {len(train_frame_indices(3, 10, np.random.default_rng(seed))) for seed in range(200)}
     assert v1 == {1, 2, 3}  # v1's rule cuts short clips too
+
+
+def test_two_process_step_equals_one_process_step(tmp_path):
+    """v2 gathers with summed gradients, as this project: 2 torchrun processes (gloo, fp64) give the
+    1-process gradients of the whole batch, hard negatives and the learnable ICL scale included."""
+    root = Path(__file__).resolve().parents[1]
+    model = _model().double().eval()
+    images, frames, mask = _batch(b=6)
+    images, frames = normalize_pixels(images).double(), normalize_pixels(frames).double()
+    torch.save({"config": model.config.to_dict(), "state": model.state_dict(), "images": images, "frames": frames,
+                "frame_mask": mask}, tmp_path / "in.pt")
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(root / "tests" / "recipe_grad_worker.py"), str(tmp_path / "in.pt"), str(tmp_path / "out.pt"),
+           "v2_release"]
+    proc = subprocess.run(cmd, env=env, cwd=root, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    two = torch.load(tmp_path / "out.pt", weights_only=True)
+    model(images, frames, mask)["loss"].backward()
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(two[name], p.grad, rtol=1e-7, atol=1e-9, msg=name)
