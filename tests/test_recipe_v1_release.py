@@ -170,6 +170,11 @@ def test_recipe_flag_presets_and_errors(tmp_path, expect_error):
         lpr4m_train.main(["--dataset", "synthetic", "--recipe", "v1_release", "--precision", "bf16"])
     with expect_error("invalid choice"):
         lpr4m_train.main(["--dataset", "synthetic", "--recipe", "v3"])
+    with expect_error("--recipe v2_release .* --init_model is not supported"):
+        lpr4m_train.main(["--dataset", "synthetic", "--recipe", "v2_release", "--init_model", "x.pt"])
+    v2 = parse_args(["--dataset", "synthetic", "--recipe", "v2_release", "--precision", "fp32"])
+    assert (v2.lr, v2.coef_lr, v2.clip_grad_norm, v2.max_steps, v2.transform_style, v2.precision) == \
+        (1e-4, 1e-2, 0.0, 5000, "v2", "fp32")
 
 
 def test_encoder_gradient_is_one_over_world_size_with_two_processes(tmp_path):

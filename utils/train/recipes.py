@@ -51,9 +51,8 @@ V2_DEFAULT_BETAS = (0.9, 0.999)
 RECIPE_HELP = ("modern: this project's exact recipe (fp32 master weights, AdamW, exact global-batch gradient); "
                "v1_release: the v1 release's numerics, bug-compatible (fp16 encoder weights, BertAdam, its "
                "schedule, decay rule, init and 1/world_size encoder gradient); v2_release: the v2 release's "
-               "heads, losses, optimizer and schedule (fp16 AMP: on a CPU pass --precision fp32). A recipe presets "
-               "flags that "
-               "--config and the command line can still change (docs/recipes.md)")
+               "heads, losses, optimizer and schedule (fp16 AMP: on a CPU pass --precision fp32). A recipe "
+               "presets flags that --config and the command line can still change (docs/recipes.md)")
 ENCODER_PREFIX = "visual."
 
 
