@@ -60,12 +60,13 @@ class PairDataset(Dataset):
 
     def __init__(self, pairs: list[TrainPair], image_transform: ImageTransform,
                  frame_transform: ImageTransform, max_frames: int = 10, seed: int = 42,
-                 max_replacements: int = 10):
+                 max_replacements: int = 10, tail_cut: str = "v1"):
         if not pairs:
             raise ValueError("PairDataset got no training pairs")
         self.pairs, self.image_transform, self.frame_transform = pairs, image_transform, frame_transform
         self.max_frames, self.seed = max_frames, seed
         self.max_replacements = max_replacements
+        self.tail_cut_full_only = tail_cut == "v2"  # v2: only clips of exactly max_frames frames lose a tail
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -78,7 +79,7 @@ class PairDataset(Dataset):
         pair = self.pairs[index]
         rng = np.random.default_rng((self.seed, epoch, index))
         n = len(pair.frame_paths)
-        chosen = train_frame_indices(n, self.max_frames, rng)
+        chosen = train_frame_indices(n, self.max_frames, rng, self.tail_cut_full_only)
         image = _read(pair.image_path, self.image_transform, rng, skipped)
         if image is None:
             return None

@@ -19,12 +19,18 @@ def eval_frame_indices(n: int, max_frames: int) -> list[int]:
     return np.floor(np.linspace(0, n, max_frames, endpoint=False)).astype(int).tolist()
 
 
-def train_frame_indices(n: int, max_frames: int, rng: np.random.Generator) -> list[int]:
-    """Training rule: uniform floor(linspace(0, n-1, max_frames)) then the random tail drop."""
+def train_frame_indices(n: int, max_frames: int, rng: np.random.Generator, full_only: bool = False) -> list[int]:
+    """Training rule: uniform floor(linspace(0, n-1, max_frames)) then the random tail drop.
+
+    `full_only` (the v2 release's rule, recipe v2_release): the tail drop is tried
+    only when exactly `max_frames` frames were sampled.
+    """
     if n <= max_frames:
         indices = list(range(n))
     else:
         indices = np.floor(np.linspace(0, n - 1, max_frames)).astype(int).tolist()
+    if full_only and len(indices) != max_frames:
+        return indices
     if indices and rng.random() < 0.5:
         tenths = int(rng.integers(0, 10))          # p = tenths / 10, exact integer arithmetic
         keep = max(1, len(indices) - (len(indices) * tenths) // 10)

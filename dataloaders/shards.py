@@ -41,8 +41,8 @@ class ShardPairDataset(PairDataset):
     """
 
     def __init__(self, shards: ShardSet, image_transform: ImageTransform, frame_transform: ImageTransform,
-                 max_frames: int = 10, seed: int = 42, max_replacements: int = 10):
-        super().__init__(shards, image_transform, frame_transform, max_frames, seed, max_replacements)
+                 max_frames: int = 10, seed: int = 42, max_replacements: int = 10, tail_cut: str = "v1"):
+        super().__init__(shards, image_transform, frame_transform, max_frames, seed, max_replacements, tail_cut)
 
     def _member(self, path, fd, members, row, slot, transform, rng, skipped):
         data = read_member(path, fd, members, row, slot, skipped)
@@ -57,7 +57,7 @@ class ShardPairDataset(PairDataset):
             skipped.append(str(err))
             return None
         rng = np.random.default_rng((self.seed, epoch, row))
-        chosen = train_frame_indices(n, self.max_frames, rng)
+        chosen = train_frame_indices(n, self.max_frames, rng, self.tail_cut_full_only)
         image = self._member(path, fd, members, row, SLOT_SHOP, self.image_transform, rng, skipped)
         if image is None:
             return None

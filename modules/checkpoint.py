@@ -11,10 +11,10 @@ One entry point, `load_checkpoint(path)`, detects the format and returns a
 |           |                                                | `cross.*`, `similarity_dense.*`,            |
 |           |                                                | `recons_weights.*`; fp16 weights            |
 | "rice_v2" | `rice_final.pth`, or `iter{N}.ckpt` holding it | `module.image_encoder.model.*` (encoder),    |
-|           | under `model` (docs/checkpoints.md)                      | `module.transformer.*` (unused 768-d PMD)   |
+|           | under `model` (docs/checkpoints.md)                      | `module.transformer.*` (the v2 heads)       |
 | "ours"    | `{"format": "rice-repro", "model": ...}`       | `visual.*`, `cross.*`, ... (RICEModel)      |
 
-Loading is strict: the unused CLIP text tower (and v2's own PMD variant) is
+Loading is strict: the unused CLIP text tower (and v2's unused decoder embeddings) is
 ignored with one log line; any other missing or unexpected key is a
 `CheckpointError` that names the keys and the file. Plain pickles are read
 with `weights_only=True`, so a checkpoint cannot run code on load.
@@ -45,7 +45,12 @@ HEAD_PREFIXES = ("cross.", "similarity_dense.", "recons_weights.")
 TEXT_PREFIXES = ("token_embedding.", "transformer.", "ln_final.")
 TEXT_NAMES = {"positional_embedding", "text_projection", "logit_scale"}
 V2_ENCODER_PREFIX = "module.image_encoder.model."
-V2_HEADS_PREFIX = "module.transformer."  # v2's own 768-d PMD variant, not used here
+V2_HEADS_PREFIX = "module.transformer."  # v2's own 768-d PMD variant (modules/heads_v2.py)
+# v2 head names (after V2_HEADS_PREFIX) -> ours; other keys under the prefix (the decoder's unused
+# embedding module) are skipped.
+V2_HEAD_NAMES = {"transformer.transformer.layers.": "decoder.layers.", "transformer.pooler.": "decoder.pooler.",
+                 "heads.vim.": "vim.", "heads.rec.": "rec.", "logit_scale": "logit_scale"}
+V2_OUR_PREFIXES = ("decoder.", "vim.", "rec.", "logit_scale")
 ENCODER_PREFIX = {"openai": "visual.", "ours": "visual.", "rice_v1": "clip.visual.", "rice_v2": V2_ENCODER_PREFIX}
 OPENAI_METADATA = {"input_resolution", "context_length", "vocab_size"}  # TorchScript attributes
 
@@ -58,6 +63,7 @@ class HeadsConfig:
     cross_num_hidden_layers: int = 2
     recons_feat: bool = False
     pmd_heads: int = 8  # from the PFR conv's input channels when present, else 8
+    head_style: str = "v1"  # "v2": the v2 release's heads (modules/heads_v2.py)
 
 
 @dataclass
@@ -82,7 +88,7 @@ class LoadedCheckpoint:
             return RICEConfig(vision=self.vision, video_pooling=self.video_pooling)
         return RICEConfig(vision=self.vision, sim_header=heads.sim_header,
                           cross_num_hidden_layers=heads.cross_num_hidden_layers, recons_feat=heads.recons_feat,
-                          pmd_heads=heads.pmd_heads, video_pooling=self.video_pooling)
+                          pmd_heads=heads.pmd_heads, video_pooling=self.video_pooling, head_style=heads.head_style)
 
     def check_flags(self, sim_header: str, cross_num_hidden_layers: int, recons_feat: bool) -> tuple[dict, list[str]]:
         """Check the evaluation flags of a README row against the heads this file holds.
@@ -262,6 +268,10 @@ def _classify(key: str, fmt: str) -> tuple[str, str]:
         if key.startswith(V2_ENCODER_PREFIX):
             return "visual", key.removeprefix(V2_ENCODER_PREFIX)
         if key.startswith(V2_HEADS_PREFIX):
+            name = key.removeprefix(V2_HEADS_PREFIX)
+            for theirs, ours in V2_HEAD_NAMES.items():
+                if name.startswith(theirs):
+                    return "heads", ours + name.removeprefix(theirs)
             return "v2_heads", key
         return "unexpected", key
     if fmt == "rice_v1":
@@ -275,7 +285,7 @@ def _classify(key: str, fmt: str) -> tuple[str, str]:
     # "openai" and "ours" keep OpenAI's names at the top level.
     if key.startswith("visual."):
         return "visual", key.removeprefix("visual.")
-    if fmt == "ours" and key.startswith(HEAD_PREFIXES):
+    if fmt == "ours" and key.startswith(HEAD_PREFIXES + V2_OUR_PREFIXES):
         return "heads", key
     if fmt == "openai" and (_is_text_key(key) or key in OPENAI_METADATA):
         return "text", key
@@ -348,6 +358,8 @@ def _heads_config(
         if model_config and model_config.get("sim_header", "mean_pooling") != "mean_pooling":
             raise CheckpointError(f"{path}: model_config says {model_config['sim_header']} but no head keys found")
         return None
+    if any(k.startswith(V2_OUR_PREFIXES) for k in heads):
+        return _v2_heads_config(heads, vision, model_config, path)
     self_blocks = {int(m.group(1)) for k in heads if (m := re.match(r"cross\.transformer\.resblocks\.(\d+)\.", k))}
     has_cross = any(k.startswith("cross.transformer.cross_attention.") for k in heads)
     recons = any(k.startswith("recons_weights.") for k in heads)
@@ -383,6 +395,25 @@ def _heads_config(
             f"{path}: PMD width {pmd_width.shape[-1]} differs from the encoder's embed dim {vision.embed_dim}"
         )
     return config
+
+
+def _v2_heads_config(heads: dict[str, Tensor], vision: VisionConfig, model_config: dict | None,
+                     path: Path) -> HeadsConfig:
+    """The v2 heads (modules/heads_v2.py): decoder layers, `vim`, `rec`, `logit_scale`."""
+    layers = {int(m.group(1)) for k in heads if (m := re.match(r"decoder\.layers\.(\d+)\.", k))}
+    has_pmd = "vim.weight" in heads
+    if has_pmd and (not layers or len(layers) % 2):
+        raise CheckpointError(f"{path}: the v2 PMD needs (self, cross) layer pairs; found layers {sorted(layers)}")
+    pooler = heads.get("decoder.pooler.dense.weight")
+    if pooler is not None and pooler.shape[-1] != vision.width:
+        raise CheckpointError(f"{path}: v2 decoder width {pooler.shape[-1]} differs from the encoder width "
+                              f"{vision.width}")
+    conv = heads.get("rec.0.weight")
+    stored_heads = (model_config or {}).get("pmd_heads", 8)
+    return HeadsConfig(sim_header="cross_attention" if has_pmd else "mean_pooling",
+                       cross_num_hidden_layers=len(layers) if has_pmd else 2, recons_feat=conv is not None,
+                       pmd_heads=conv.shape[1] * 2 // max(len(layers), 2) if conv is not None else stored_heads,
+                       head_style="v2")
 
 
 def _v1_head_keys(self_blocks: int, has_cross: bool, recons: bool) -> set[str]:

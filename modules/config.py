@@ -77,10 +77,11 @@ class RICEConfig:
     pfr_weight: float = 0.05
     num_hard_negatives: int = 3
     pmd_chunk_size: int | None = None  # pairs PMD decodes at once; None: by device (modules/rice.py)
+    head_style: str = "v1"  # "v1": the v1 heads (modules/heads.py); "v2": the v2 release's (modules/heads_v2.py)
 
     def __post_init__(self):
         check_heads(self.sim_header, self.recons_feat)
-        for name in ("video_pooling", "transform_style"):
+        for name in ("video_pooling", "transform_style", "head_style"):
             value = getattr(self, name)
             if value not in STYLES and not (name == "transform_style" and value is None):
                 raise ConfigError(f"{name} must be one of {STYLES}, got {value!r}")

@@ -117,9 +117,14 @@ class RICEModel(nn.Module):
         config = ckpt.model_config()
         if config_overrides:
             config = RICEConfig.from_dict({**config.to_dict(), **config_overrides})
+        if config.head_style == "v2" and cls is RICEModel:
+            from modules.rice_v2 import RICEv2Model
+
+            cls = RICEv2Model
         model = cls(config)
         state = {f"visual.{k}": v for k, v in ckpt.visual_state.items()}
         built = {name for name, module in model.named_children() if module is not None}
+        built |= {name for name, _ in model.named_parameters(recurse=False)}
         skipped = sorted({k.split(".")[0] for k in ckpt.heads_state} - built)
         if skipped:
             log.info("%s: not loading head tensors %s (not built by this config)", ckpt.path, skipped)

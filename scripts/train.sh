@@ -15,6 +15,8 @@
 #                    must be set when NNODES > 1)
 #   MASTER_PORT      a free TCP port on machine 0 (default 29500)
 #   PYTHON           interpreter (default: the project's .venv, see scripts/common.sh)
+#   RECIPE           a release recipe with a config, e.g. v1_release: configs/<dataset>_<RECIPE>.yaml
+#                    replaces configs/<dataset>.yaml and the run folder is outputs/<dataset>_<RECIPE>_<row>
 #
 # Relative DATA_ROOT, PRETRAINED_CLIP and OUTPUT_DIR are taken from where you call the recipe;
 # the run itself starts in the repository root, so relative paths in extra flags are taken from there.
@@ -41,8 +43,12 @@ source "$ROOT/scripts/common.sh"
 [ $# -ge 2 ] || rice_fail "usage: bash scripts/train.sh DATASET ROW [flags...]  (e.g. lpr4m icl_pmd_pfr)"
 DATASET=$1; ROW=$2; shift 2
 rice_check_dataset_row "$DATASET" "$ROW"
-RECIPE="${DATASET}_${ROW}"
+RUN="${DATASET}_${ROW}"
 CONFIG="configs/$DATASET.yaml"
+if [ -n "${RECIPE:-}" ]; then
+  CONFIG="configs/${DATASET}_${RECIPE}.yaml"; RUN="${DATASET}_${RECIPE}_${ROW}"
+  [ -f "$ROOT/$CONFIG" ] || rice_fail "RECIPE=$RECIPE: no $CONFIG; the recipes with a config for $DATASET: $(cd "$ROOT/configs" && ls "${DATASET}"_*.yaml 2>/dev/null | sed "s/^${DATASET}_//; s/\.yaml$//" | tr '\n' ' ')(unset RECIPE for configs/$DATASET.yaml)"
+fi
 
 [ -n "${DATA_ROOT:-}" ] || rice_fail "DATA_ROOT is not set: set it to the dataset root, e.g.
   DATA_ROOT=/path/to/dataset PRETRAINED_CLIP=/models/ViT-B-32.pt bash scripts/train.sh $DATASET $ROW"
@@ -52,7 +58,7 @@ CONFIG="configs/$DATASET.yaml"
 [ -f "$PRETRAINED_CLIP" ] || rice_fail "PRETRAINED_CLIP=$PRETRAINED_CLIP is not a file: point it at ViT-B-32.pt (the OpenAI CLIP release)"
 DATA_ROOT="$(rice_abs "$DATA_ROOT")"
 PRETRAINED_CLIP="$(rice_abs "$PRETRAINED_CLIP")"
-if [ -n "${OUTPUT_DIR:-}" ]; then OUTPUT_DIR="$(rice_abs "$OUTPUT_DIR")"; else OUTPUT_DIR="outputs/$RECIPE"; fi
+if [ -n "${OUTPUT_DIR:-}" ]; then OUTPUT_DIR="$(rice_abs "$OUTPUT_DIR")"; else OUTPUT_DIR="outputs/$RUN"; fi
 
 NPROC_PER_NODE=${NPROC_PER_NODE:-2}
 NNODES=${NNODES:-1}
@@ -72,13 +78,13 @@ else
     127.*|localhost|::1) rice_fail "NNODES=$NNODES needs MASTER_ADDR set to machine 0's address that every machine can reach (not $MASTER_ADDR)" ;;
   esac
   LAUNCH=(--nnodes "$NNODES" --nproc_per_node "$NPROC_PER_NODE" --node_rank "$NODE_RANK"
-          --rdzv_backend c10d --rdzv_endpoint "$MASTER_ADDR:$MASTER_PORT" --rdzv_id "rice_$RECIPE")
+          --rdzv_backend c10d --rdzv_endpoint "$MASTER_ADDR:$MASTER_PORT" --rdzv_id "rice_$RUN")
 fi
 
 cd "$ROOT"  # configs/, the default OUTPUT_DIR and lpr4m_train.py are relative to the repository
 CMD=("$PYTHON" -m torch.distributed.run "${LAUNCH[@]}" lpr4m_train.py --config "$CONFIG" --row "$ROW"
      --data_root "$DATA_ROOT" --pretrained_clip "$PRETRAINED_CLIP" --output_dir "$OUTPUT_DIR"
      --resume latest "$@")
-echo "[train] $RECIPE on $NNODES x $NPROC_PER_NODE processes, output in $OUTPUT_DIR" >&2
+echo "[train] $RUN on $NNODES x $NPROC_PER_NODE processes, output in $OUTPUT_DIR" >&2
 echo "[train] $(printf '%q ' "${CMD[@]}")" >&2
 exec "${CMD[@]}"

@@ -56,7 +56,7 @@ def test_lr_schedule_matches_the_formula():
     assert opt.param_groups[0]["lr"] == pytest.approx(2.0 * 2 / 4)
 
 
-def test_parameter_groups_follow_the_v1_rules():
+def test_parameter_groups_of_the_modern_recipe():
     model = _model(sim_header="cross_attention", recons_feat=True)
     opt = build_optimizer(model, lr=3e-4, coef_lr=1e-3, weight_decay=0.2)
     names = {id(p): n for n, p in model.named_parameters()}

@@ -19,6 +19,7 @@ import yaml
 from tools import plot_logs
 from utils.options import ROWS as ROW_FLAGS
 from utils.train.params import build_parser, parse_args
+from utils.train.recipes import PRESETS
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "scripts"
@@ -32,7 +33,7 @@ RECIPES = [f"{d}_{r}" for d in DATASETS for r in ROWS]
 CONTRACT_DESTS = {a.dest for a in build_parser()._actions} - {"help", "config"}
 PATH_KEYS = {"data_root", "train_annotation", "index", "pretrained_clip", "init_model", "output_dir", "resume"}
 LAUNCH_ENV = ("NPROC_PER_NODE", "NNODES", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT", "OUTPUT_DIR",
-              "DATA_ROOT", "PRETRAINED_CLIP", "PYTHON", "RICE_VENV")
+              "DATA_ROOT", "PRETRAINED_CLIP", "PYTHON", "RICE_VENV", "RECIPE")
 
 STUB = """#!{python}
 import json, os, sys
@@ -187,6 +188,17 @@ def test_default_python_is_the_repository_venv(fake, tmp_path):
     assert seen is not None and seen["argv"][0] == str(ROOT / "movingfashion_eval.py")
 
 
+def test_recipe_variable_picks_the_recipe_config(fake):
+    result, seen = fake("lpr4m_icl_pmd", RECIPE="v1_release")
+    assert result.returncode == 0, result.stderr
+    train = seen["argv"][seen["argv"].index("lpr4m_train.py") + 1:]
+    assert _value(train, "--config") == "configs/lpr4m_v1_release.yaml"
+    assert _value(train, "--output_dir") == "outputs/lpr4m_v1_release_icl_pmd"
+    result, seen = fake("lpr4m_icl_pmd", RECIPE="v9")
+    assert result.returncode != 0 and seen is None
+    assert "no configs/lpr4m_v9.yaml" in result.stderr and "v1_release" in result.stderr
+
+
 @pytest.mark.parametrize("variable", ["DATA_ROOT", "PRETRAINED_CLIP"])
 def test_missing_required_variable(fake, variable):
     result, seen = fake("lpr4m_icl_pmd", **{variable: None})
@@ -235,21 +247,55 @@ def _config(dataset):
     return yaml.safe_load((CONFIGS / f"{dataset}.yaml").read_text())
 
 
-def test_one_config_per_dataset():
-    assert sorted(p.stem for p in CONFIGS.glob("*.yaml")) == sorted(DATASETS)
+# Configs of release recipes beside each dataset's default one (scripts/train.sh: RECIPE=...).
+RECIPE_CONFIGS = {"lpr4m_v1_release": ("lpr4m", "v1_release"), "lpr4m_v2_release": ("lpr4m", "v2_release"),
+                  "movingfashion_modern": ("movingfashion", "modern")}
+# The recipe of each dataset's default config: MovingFashion's figures are all the v2 release's.
+DEFAULT_RECIPE = {"lpr4m": "modern", "movingfashion": "v2_release"}
+MODERN_CONFIGS = ("lpr4m", "movingfashion_modern")
+# What the release recipes' presets give (v1 main_task_retrieval.py; v2 projects/*/configs).
+RELEASE_VALUES = {
+    "v1_release": {"lr": 3e-4, "coef_lr": 1e-3, "weight_decay": 0.2, "clip_grad_norm": 1.0,
+                   "warmup_proportion": 0.1, "precision": "fp32", "max_frames": 10, "batch_size": 96,
+                   "transform_style": "v1"},
+    "v2_release": {"lr": 1e-4, "coef_lr": 1e-2, "weight_decay": 0.2, "clip_grad_norm": 0.0,
+                   "warmup_proportion": 0.1, "precision": "fp16", "max_frames": 10, "batch_size": 96,
+                   "transform_style": "v2", "max_steps": 5000},
+}
+
+
+def test_one_config_per_dataset_and_recipe():
+    assert sorted(p.stem for p in CONFIGS.glob("*.yaml")) == sorted([*DATASETS, *RECIPE_CONFIGS])
+
+
+@pytest.mark.parametrize("name", ["lpr4m_v1_release", "lpr4m_v2_release", "movingfashion"])
+def test_release_recipe_config_gets_the_recipe_values(name):
+    dataset, recipe = RECIPE_CONFIGS.get(name, (name, DEFAULT_RECIPE.get(name)))
+    cfg = yaml.safe_load((CONFIGS / f"{name}.yaml").read_text())
+    assert cfg["dataset"] == dataset and cfg["recipe"] == recipe
+    assert not set(cfg) & (PATH_KEYS | {"row", *ROW_FLAGS["icl_pmd_pfr"]})
+    assert not set(cfg) & set(PRESETS[recipe]), "the recipe's presets give these"
+    args = parse_args(["--config", str(CONFIGS / f"{name}.yaml"), "--data_root", "x"])
+    assert args.recipe == recipe
+    assert {k: getattr(args, k) for k in RELEASE_VALUES[recipe]} == RELEASE_VALUES[recipe]
 
 
 @pytest.mark.parametrize("dataset", DATASETS)
-def test_config_holds_the_v1_recipe_and_no_row(dataset):
+def test_default_config_recipe(dataset):
+    assert _config(dataset)["recipe"] == DEFAULT_RECIPE[dataset]
+
+
+@pytest.mark.parametrize("dataset", MODERN_CONFIGS)
+def test_config_holds_the_modern_recipe_and_no_row(dataset):
     cfg = _config(dataset)
     assert isinstance(cfg, dict)
     unknown = set(cfg) - CONTRACT_DESTS
     assert not unknown, f"keys that are not flags of lpr4m_train.py: {unknown}"
     assert not set(cfg) & PATH_KEYS, "no data, model or output paths in the configs"
     assert not set(cfg) & {"row", *ROW_FLAGS["icl_pmd_pfr"]}, "the row comes from --row"
-    assert cfg["dataset"] == dataset
-    # the v1 recipe (docs/training.md) at the README batch
-    expected = {"model_config": "ViT-B/32", "max_frames": 10, "batch_size": 96, "lr": 3e-4, "coef_lr": 1e-3,
+    assert cfg["dataset"] == dataset.split("_")[0]
+    # the modern recipe (docs/training.md) at the README batch
+    expected = {"recipe": "modern", "model_config": "ViT-B/32", "max_frames": 10, "batch_size": 96, "lr": 3e-4, "coef_lr": 1e-3,
                 "weight_decay": 0.2, "warmup_proportion": 0.1, "seed": 42}
     assert {k: cfg[k] for k in expected} == expected
     assert all(isinstance(cfg[k], float) for k in ("lr", "coef_lr", "weight_decay", "warmup_proportion"))
@@ -260,12 +306,12 @@ def test_config_holds_the_v1_recipe_and_no_row(dataset):
 
 
 def test_datasets_share_the_model_recipe():
-    lpr, mf = _config("lpr4m"), _config("movingfashion")
+    lpr, mf = _config("lpr4m"), _config("movingfashion_modern")
     allowed = {"dataset", "epochs"}
     assert {k: v for k, v in lpr.items() if k not in allowed} == {k: v for k, v in mf.items() if k not in allowed}
 
 
-@pytest.mark.parametrize("dataset", DATASETS)
+@pytest.mark.parametrize("dataset", [*DATASETS, *RECIPE_CONFIGS])
 def test_config_keys_and_values_match_the_real_parser(dataset):
     """Every key is a destination of the training parser and a valid choice."""
     parser = build_parser()

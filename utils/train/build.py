@@ -18,6 +18,7 @@ from modules.rice import RICEModel
 from utils.errors import ConfigError, TrainingError
 from utils.options import check_writable
 from utils.runtime.distributed import Runtime, any_process, barrier
+from utils.train.recipes import init_heads, model_class
 
 log = logging.getLogger("rice.train")
 
@@ -37,9 +38,13 @@ def build_model(args: argparse.Namespace) -> RICEModel:
     """
     heads = dict(sim_header=args.sim_header, cross_num_hidden_layers=args.cross_num_hidden_layers,
                  recons_feat=args.recons_feat, transform_style=args.transform_style)
+    recipe = getattr(args, "recipe", "modern")
+    model_cls, recipe_fields = model_class(recipe)
+    heads.update(recipe_fields)
     if args.pretrained_clip:
         ckpt = load_checkpoint(args.pretrained_clip)
-        model = RICEModel(RICEConfig(vision=ckpt.vision, **heads))
+        model = model_cls(RICEConfig(vision=ckpt.vision, **heads))
+        init_heads(model, recipe)
         model.init_from_clip(ckpt)
         log.info("encoder initialised from %s (%s)", ckpt.path, ckpt.format)
     elif args.init_model:
@@ -48,7 +53,8 @@ def build_model(args: argparse.Namespace) -> RICEModel:
         config = RICEConfig(vision=ckpt.vision, video_pooling=ckpt.video_pooling, pmd_heads=pmd_heads, **heads)
         model = RICEModel.from_rice_init(ckpt, config)
     else:
-        model = RICEModel(RICEConfig(vision=VISION_CONFIGS[args.model_config], **heads))
+        model = model_cls(RICEConfig(vision=VISION_CONFIGS[args.model_config], **heads))
+        init_heads(model, recipe)
         log.warning("no --pretrained_clip: the %s encoder starts from RANDOM weights (fine for tests and the "
                     "demo; for real training pass --pretrained_clip ViT-B-32.pt)", args.model_config)
     if args.grad_checkpointing:

@@ -1,8 +1,9 @@
-"""AdamW with the v1 parameter groups (docs/training.md).
+"""AdamW and its parameter groups, the modern recipe (docs/training.md; the releases': docs/recipes.md).
 
-Four groups: {CLIP encoder, new modules} x {decayed, not decayed}. The
-encoder (`visual.*`) learns at `lr * coef_lr`, the new modules (PMD, PFR) at
-`lr`. Weight decay never applies to biases, norms or embeddings. CLIP names
+Four groups: {CLIP encoder, new modules} x {decayed, not decayed}, as v1's.
+The encoder (`visual.*`) learns at `lr * coef_lr`, the new modules (PMD, PFR)
+at `lr`. Weight decay never applies to biases, norms or embeddings (v1 decayed
+everything but biases: recipe v1_release). CLIP names
 its LayerNorms `ln_*` (`ln_pre`, `ln_1`, `ln_post`, ...), not `LayerNorm`, so
 they are recognised by shape (1-d) as well as by name; embeddings
 (`class_embedding`, `positional_embedding`, the PMD's
@@ -46,7 +47,7 @@ def param_groups(model: nn.Module, lr: float, coef_lr: float, weight_decay: floa
 
 
 def build_optimizer(model: nn.Module, lr: float, coef_lr: float, weight_decay: float) -> torch.optim.AdamW:
-    """AdamW with betas (0.9, 0.98) and eps 1e-6, as CLIP and the v1 release.
+    """AdamW with betas (0.9, 0.98) and eps 1e-6, CLIP's (and BertAdam's in the v1 release).
 
     The fused kernel (one pass per parameter instead of a dozen elementwise
     ops) is used when every parameter is a float tensor on the CPU or a CUDA

@@ -1,7 +1,8 @@
 """Command-line arguments of lpr4m_train.py, with an optional YAML `--config`.
 
-Precedence, lowest to highest: the defaults below (the v1 recipe of docs/training.md),
-the keys of the `--config` YAML file, `--row`, the flags given on the command line
+Precedence, lowest to highest: the defaults below (the modern recipe of docs/training.md),
+the presets of `--recipe` (utils/train/recipes.py), the keys of the `--config` YAML file,
+`--row`, the flags given on the command line
 (utils/options.py). YAML keys are the argparse destination names (`sim_header`, `batch_size`,
 ...); an unknown key is an error, so a typo cannot be silently ignored. The
 resolved arguments are saved as `args.yaml` in the output folder, which is
@@ -16,6 +17,7 @@ from pathlib import Path
 
 from dataloaders.registry import DATASETS
 from modules.config import STYLES, VISION_CONFIGS
+from utils.errors import ConfigError
 from utils.options import (
     HelpFormatter,
     add_fast_decode,
@@ -23,10 +25,12 @@ from utils.options import (
     add_model_args,
     add_pmd_chunk_size,
     check_at_least,
+    load_config,
     parse,
     resolve_num_workers,
 )
 from utils.runtime.precision import PRECISIONS
+from utils.train.recipes import RECIPE_HELP, RECIPES, check_recipe_args, recipe_presets
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 
@@ -81,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "decoder's self blocks run once per image instead of once per pair (a faster PMD part; "
                        "changes the training noise: v1 draws it per pair, the default; docs/training.md)")
 
-    optim = p.add_argument_group("optimisation (v1 recipe, docs/training.md)")
+    optim = p.add_argument_group("optimisation (the modern recipe by default, docs/training.md)")
+    optim.add_argument("--recipe", choices=RECIPES, default=None, help=RECIPE_HELP + " (default: modern)")
     optim.add_argument("--batch_size", type=int, default=96,
                        help="GLOBAL batch of (image, clip) pairs per optimizer step, split over all processes")
     optim.add_argument("--gradient_accumulation_steps", type=int, default=1,
@@ -153,7 +158,14 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Defaults < YAML --config < --row < command line; then check the combination."""
     parser = build_parser()
+    pre, _ = parser.parse_known_args(argv)
+    try:
+        config_values = load_config(parser, pre.config) if pre.config else {}
+    except ConfigError as err:
+        parser.error(str(err))
+    recipe_presets(parser, argv, config_values)
     args = parse(parser, argv)
+    check_recipe_args(parser, args)
     check_args(parser, args)
     return args
 

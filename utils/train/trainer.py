@@ -46,8 +46,8 @@ from utils.train.checkpointing import (
 )
 from utils.train.engine import EpochSampler, train_step
 from utils.train.logs import TrainLogger
-from utils.train.optim import build_optimizer
 from utils.train.params import save_args
+from utils.train.recipes import build_optimizer, prepare_model, v1_warmup_proportion
 from utils.train.scheduler import set_lr
 from utils.train.validation import validate
 
@@ -77,7 +77,7 @@ class Trainer:
         self.local_batch = _local_batch(args, runtime.world_size)
         prepare_output_dir(args, runtime)
         self._build_data_and_model()
-        self.optimizer = build_optimizer(self.model, args.lr, args.coef_lr, args.weight_decay)
+        self.optimizer = build_optimizer(self.model, args)
         self.precision = Precision(args.precision, runtime.device)
         tf32 = set_tf32(args.tf32, runtime.device)
         if runtime.is_main:
@@ -108,15 +108,19 @@ class Trainer:
         pairs = ShardSet(shards) if shards else spec.load_train(root, args)
         torch.manual_seed(args.seed)
         self.model = build_model(args).to(runtime.device)
+        prepare_model(self.model, args.recipe, runtime.world_size)
         size = self.model.config.vision.image_size
         transform = build_transform(args.transform_style, True, size, decode=args.decode)
+        tail_cut = "v2" if args.recipe == "v2_release" else "v1"
         # Keyed by (epoch, index): the epoch reaches workers that live across epochs (--persistent_workers).
         if shards:  # the same items; the order shuffles shards, then samples within windows of shards
-            self.dataset = ShardPairDataset(pairs, transform, transform, max_frames=args.max_frames, seed=args.seed)
+            self.dataset = ShardPairDataset(pairs, transform, transform, max_frames=args.max_frames, seed=args.seed,
+                                            tail_cut=tail_cut)
             self.sampler = ShardSampler(pairs.sizes, runtime.world_size, runtime.rank, self.local_batch, args.seed,
                                         args.shard_shuffle_window, keyed=True)
         else:
-            self.dataset = PairDataset(pairs, transform, transform, max_frames=args.max_frames, seed=args.seed)
+            self.dataset = PairDataset(pairs, transform, transform, max_frames=args.max_frames, seed=args.seed,
+                                       tail_cut=tail_cut)
             self.sampler = EpochSampler(len(self.dataset), runtime.world_size, runtime.rank, self.local_batch,
                                         args.seed, keyed=True)
         self.loader = None  # with --persistent_workers: one DataLoader (and its workers) for every epoch
@@ -223,7 +227,8 @@ class Trainer:
             if options.get("persistent_workers"):
                 self.loader = loader
         for batch in loader:
-            set_lr(self.optimizer, self.step, self.total_steps, self.warmup_steps)
+            set_lr(self.optimizer, self.step, self.total_steps, self.warmup_steps, v1_warmup_proportion(args),
+                   args.recipe)
             losses = train_step(self.ddp, batch, self.optimizer, self.precision, args.gradient_accumulation_steps,
                                 args.clip_grad_norm, runtime.device, args.ddp_bf16_compress)
             self.step, self.sample_in_epoch = self.step + 1, self.sample_in_epoch + args.batch_size
