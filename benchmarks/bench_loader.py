@@ -20,13 +20,16 @@ figures with 1 worker (or 0 if only that was measured):
     old_clips_s_core=... exact_clips_s_core=... fast_clips_s_core=... fast_speedup=... exact_speedup=...
     workers=1 worker_start_s=...
 
-Sources: "files" (the JPEG files themselves). Another source (e.g. tar shards) plugs in as one
-function in SOURCES that returns a map-style dataset of the same items for a transform.
+Sources (`--sources`, both by default, side by side in one run): "files" (the JPEG files
+themselves) and "shards" (the same clips packed by tools/pack_shards.py into tar shards, read
+by `ShardPairDataset`: one pread per member instead of an open per file). With both, the last
+line also holds `shards_exact_clips_s_core=...` and `shards_fast_clips_s_core=...`.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import sys
 import tempfile
 import time
@@ -54,7 +57,7 @@ def old_transform_class():
 
     class OldTransform(ImageTransform):
         def read(self, path, rng=None):
-            with Image.open(path) as img:
+            with Image.open(io.BytesIO(path) if isinstance(path, bytes) else path) as img:
                 return self(img.convert("RGB"), rng)
 
         def __call__(self, img, rng=None):
@@ -84,7 +87,31 @@ def files_source(args, clips: list[tuple[list[str], str]], transform):
     return PairDataset(pairs, transform, transform, max_frames=10, seed=0)
 
 
-SOURCES = {"files": files_source}  # name -> function(args, clips, transform) -> map-style dataset
+def shards_source(args, clips: list[tuple[list[str], str]], transform):
+    """The same clips packed into tar shards (release layout -> tools/pack_shards.py), read by
+    `ShardPairDataset`, its samples repeated to fill the measured batches."""
+    from torch.utils.data import Subset
+
+    from dataloaders.shard_format import ShardSet
+    from dataloaders.shards import ShardPairDataset
+    from tools.pack_shards import main as pack_main
+
+    root = Path(clips[0][1]).parents[1]  # write_photo_clips' folder
+    shards = root / "shards"
+    if not (shards / "manifest.json").exists():
+        lines = []
+        for i, (frames, shop) in enumerate(clips):
+            rel = [str(Path(f).relative_to(root)) for f in frames]
+            lines.append(f"c{i}\t{rel!r}\t[]\ti{i}\t{Path(shop).relative_to(root)}\n")
+        (root / "annotations").mkdir(exist_ok=True)
+        (root / "annotations" / f"training_videoinfo_{len(clips)}.txt").write_text("".join(lines))
+        pack_main(["--data_root", str(root), "--output_dir", str(shards), "--samples_per_shard", "8", "--workers", "1"])
+    dataset = ShardPairDataset(ShardSet(str(shards)), transform, transform, max_frames=10, seed=0)
+    needed = (args.batches + 1) * args.batch_size
+    return Subset(dataset, [i % len(dataset) for i in range(needed)])
+
+
+SOURCES = {"files": files_source, "shards": shards_source}  # name -> function(args, clips, transform) -> dataset
 
 
 def build_transform_for(path: str, style: str, image_size: int):
@@ -134,7 +161,8 @@ def second_epoch_start(dataset, persistent: bool, batch_size: int, repeats: int 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--clips", type=int, default=32, help="distinct clips written (10 frames + 1 shop image each)")
-    p.add_argument("--source", choices=sorted(SOURCES), default="files", help="how the clips are stored")
+    p.add_argument("--sources", nargs="+", choices=sorted(SOURCES), default=["files", "shards"],
+                   help="how the clips are stored (each measured, side by side)")
     p.add_argument("--image_size", type=int, default=224, help="model input resolution")
     p.add_argument("--style", default="v1", choices=["v1", "v2"], help="the training transform")
     p.add_argument("--batch_size", type=int, default=16)
@@ -148,19 +176,21 @@ def main(argv=None):
     from dataloaders.synthetic_photo import write_photo_clips
 
     torch.set_num_threads(1)
-    results: dict[tuple[str, int], float] = {}
+    results: dict[tuple[str, str, int], float] = {}
     batch_bytes: dict[str, int] = {}
     with tempfile.TemporaryDirectory() as tmp:
         clips = write_photo_clips(tmp, args.clips, frames=10)
-        print(f"{args.clips} photo-like clips (10 frames 455x256 + shop 256x256, JPEG q90), {args.source}, "
+        print(f"{args.clips} photo-like clips (10 frames 455x256 + shop 256x256, JPEG q90), "
               f"{args.style} train transform at {args.image_size} px, batch {args.batch_size}, one torch thread")
         for w in args.workers:
-            for path in PATHS:
-                dataset = SOURCES[args.source](args, clips, build_transform_for(path, args.style, args.image_size))
-                results[path, w], batch_bytes[path] = clips_per_second(dataset, w, args.batch_size, args.batches)
-                print(f"workers={w} {path:5s}: {results[path, w]:7.1f} clips/s per core "
-                      f"({11 * results[path, w]:6.0f} images/s)")
-        starts = {persistent: second_epoch_start(SOURCES[args.source](args, clips, build_transform_for(
+            for source in args.sources:
+                for path in PATHS:
+                    dataset = SOURCES[source](args, clips, build_transform_for(path, args.style, args.image_size))
+                    results[source, path, w], batch_bytes[path] = clips_per_second(dataset, w, args.batch_size,
+                                                                                   args.batches)
+                    print(f"workers={w} {source:6s} {path:5s}: {results[source, path, w]:7.1f} clips/s per core "
+                          f"({11 * results[source, path, w]:6.0f} images/s)")
+        starts = {persistent: second_epoch_start(SOURCES[args.sources[0]](args, clips, build_transform_for(
             "exact", args.style, args.image_size)), persistent, args.batch_size) for persistent in (False, True)}
     print(f"an epoch's first batch, 1 worker: {starts[False]:.3f} s with a new worker, {starts[True]:.3f} s with "
           f"--persistent_workers (a worker's start: {starts[False] - starts[True]:.3f} s)")
@@ -170,10 +200,14 @@ def main(argv=None):
     print(f"a rank-batch of {b} clips x 11 images at {s} px: {b * 11 * 3 * s * s / 2**20:.0f} MiB uint8, "
           f"{4 * b * 11 * 3 * s * s / 2**20:.0f} MiB float32")
     w = 1 if 1 in args.workers else 0
-    old, exact, fast = (results[path, w] for path in PATHS)
-    print(f"old_clips_s_core={old:.1f} exact_clips_s_core={exact:.1f} fast_clips_s_core={fast:.1f} "
-          f"fast_speedup={fast / old:.2f} exact_speedup={exact / old:.2f} workers={w} "
-          f"worker_start_s={starts[False] - starts[True]:.3f}")
+    first = args.sources[0]
+    old, exact, fast = (results[first, path, w] for path in PATHS)
+    line = (f"old_clips_s_core={old:.1f} exact_clips_s_core={exact:.1f} fast_clips_s_core={fast:.1f} "
+            f"fast_speedup={fast / old:.2f} exact_speedup={exact / old:.2f} workers={w} source={first} "
+            f"worker_start_s={starts[False] - starts[True]:.3f}")
+    for source in args.sources[1:]:
+        line += "".join(f" {source}_{path}_clips_s_core={results[source, path, w]:.1f}" for path in ("exact", "fast"))
+    print(line)
     return results
 
 

@@ -211,7 +211,8 @@ def test_keyed_epoch_sampler_carries_the_epoch_to_the_dataset(small_data):
 
 
 def test_bench_loader_compares_old_exact_and_fast_paths(capsys):
-    """A tiny run of benchmarks/bench_loader.py: the three paths, the batch sizes, the key=value last line."""
+    """A tiny run of benchmarks/bench_loader.py: the three paths from files and shards, the batch sizes, the key=value
+    last line."""
     from benchmarks import bench_loader
 
     threads = torch.get_num_threads()
@@ -220,13 +221,17 @@ def test_bench_loader_compares_old_exact_and_fast_paths(capsys):
     finally:
         torch.set_num_threads(threads)  # the benchmark measures on one thread
     lines = capsys.readouterr().out.strip().splitlines()
-    assert set(results) == {("old", 0), ("exact", 0), ("fast", 0)} and all(v > 0 for v in results.values())
+    paths = {("old", 0), ("exact", 0), ("fast", 0)}
+    assert set(results) == {(source, *p) for source in ("files", "shards") for p in paths}
+    assert all(v > 0 for v in results.values())
     pixels = 2 * 11 * 3 * 224 * 224  # 2 clips of 10 frames + 1 image
     assert f"old  : {4 * pixels / 2**20:.1f} MiB" in next(line for line in lines if "old  :" in line and "MiB" in line)
     assert f"exact: {pixels / 2**20:.1f} MiB" in next(line for line in lines if "exact:" in line and "MiB" in line)
     last = dict(item.split("=") for item in lines[-1].split())
     assert list(last)[:4] == ["old_clips_s_core", "exact_clips_s_core", "fast_clips_s_core", "fast_speedup"]
-    assert float(last["fast_speedup"]) == pytest.approx(results["fast", 0] / results["old", 0], rel=0.01)
+    assert float(last["fast_speedup"]) == pytest.approx(results["files", "fast", 0] / results["files", "old", 0],
+                                                        rel=0.01)
+    assert float(last["shards_exact_clips_s_core"]) == pytest.approx(results["shards", "exact", 0], abs=0.06)
 
 
 def test_loader_flags_reach_training_and_evaluation_loaders(small_data, tmp_path, monkeypatch, expect_error):
