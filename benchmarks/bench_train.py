@@ -35,6 +35,10 @@ The default configurations are fp32 and fp32+ckpt, plus bf16 and bf16+ckpt
 where the hardware has native half precision (a GPU, or a CPU with
 AVX512-BF16 or AMX): elsewhere bf16 matmuls are emulated and a ViT-B/32
 step takes many minutes. Timings on a shared machine are noisy. Not a test.
+
+For a comparison with the authors' v1 code, run benchmarks/bench_vs_authors.py:
+it times the same step of both models in one process, alternating, so that both
+figures come from the same machine at the same time.
 """
 
 from __future__ import annotations
@@ -57,10 +61,6 @@ from utils.train.optim import build_optimizer  # noqa: E402
 
 # The trainer's defaults (utils/train/params.py).
 LR, COEF_LR, WEIGHT_DECAY, CLIP_GRAD_NORM = 3e-4, 1e-3, 0.2, 1.0
-
-REFERENCE = ("reference (authors' code, this 2-core CPU): 0.47 pairs/s fp32 (4.9 GB peak), "
-             "1.1-1.2 pairs/s bf16 (3.4 GB); targets: >= 0.6 pairs/s fp32, >= 1.5 pairs/s bf16, "
-             "less peak memory")
 
 
 def _options(name: str) -> tuple[str, bool, int]:
@@ -200,7 +200,6 @@ def main(argv: list[str] | None = None) -> int:
             tail = proc.stderr.strip().splitlines()[-1:] or ["(no error output)"]
             print(f"{name:<14s} FAILED (exit {proc.returncode}): {tail[0]}", flush=True)
             print(proc.stderr[-2000:], file=sys.stderr, flush=True)
-    print(REFERENCE, flush=True)
     return 1 if failed else 0
 
 
