@@ -37,7 +37,7 @@ def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--minutes", type=float, default=2.0, help="video timed for decode and model (default: 2)")
     p.add_argument("--rss_minutes", type=float, nargs="*", default=[2.0, 12.0],
-                   help="video lengths whose peak RSS is measured (default: 2 12; the issue asks 10 60)")
+                   help="video lengths whose peak RSS is measured (default: 2 12; 10 60 compares ten minutes with an hour)")
     p.add_argument("--width", type=int, default=1280)
     p.add_argument("--height", type=int, default=720)
     p.add_argument("--video_fps", type=int, default=30, help="frame rate of the generated video")
