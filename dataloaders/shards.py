@@ -8,16 +8,16 @@ as PairDataset does.
 
 `ShardSampler` gives an epoch's order: shards permuted by (seed, epoch), samples shuffled
 within windows of K consecutive shards of that permutation, global batches dealt to ranks as
-`utils.train.engine.EpochSampler` does; a pure function of (seed, epoch) and the start
+`dataloaders.samplers.EpochSampler` does; a pure function of (seed, epoch) and the start
 position, so a resumed run continues exactly.
 """
 from __future__ import annotations
 
 import numpy as np
 from PIL import Image
-from torch.utils.data import Sampler
 
 from .datasets import PairDataset
+from .samplers import EpochSampler
 from .sampling import pad_frames, train_frame_indices
 from .shard_format import SLOT_SHOP, ShardReadError, ShardSet, member_name, read_member
 from .transforms import ImageTransform
@@ -90,40 +90,14 @@ def shard_epoch_order(sizes: np.ndarray, seed: int, epoch: int, window: int) -> 
     return order[np.lexsort((keys, windows))]
 
 
-class ShardSampler(Sampler):
-    """This process's share of an epoch's shard-level shuffled order, from any sample position.
-
-    Global batch k is positions [k·B, (k+1)·B) of `shard_epoch_order`, B = world_size ·
-    local_batch; rank r takes the slice [r·L, (r+1)·L) of each; the tail that does not fill
-    a global batch is left out; with `keyed=True` it yields (epoch, index) pairs (as
-    `utils.train.engine.EpochSampler`).
-    """
+class ShardSampler(EpochSampler):
+    """`EpochSampler` with the shard-level shuffled order of `shard_epoch_order`."""
 
     def __init__(self, sizes, world_size: int, rank: int, local_batch: int, seed: int, window: int,
                  keyed: bool = False):
         self.sizes = np.asarray(sizes, np.int64)
-        self.size = int(self.sizes.sum())
-        self.rank, self.local_batch, self.seed, self.window = rank, local_batch, seed, window
-        self.keyed = keyed
-        self.global_batch = world_size * local_batch
-        self.batches_per_epoch = self.size // self.global_batch
-        self.epoch, self.start = 0, 0
+        self.window = window
+        super().__init__(int(self.sizes.sum()), world_size, rank, local_batch, seed, keyed=keyed)
 
-    def set_epoch(self, epoch: int, start_sample: int = 0) -> None:
-        self.epoch, self.start = epoch, start_sample
-
-    def batches_left(self) -> int:
-        return (self.size - self.start) // self.global_batch
-
-    def __iter__(self):
-        order = shard_epoch_order(self.sizes, self.seed, self.epoch, self.window)
-        batches = self.batches_left()
-        mine = order[self.start:self.start + batches * self.global_batch].reshape(batches, self.global_batch)
-        mine = mine[:, self.rank * self.local_batch:(self.rank + 1) * self.local_batch].reshape(-1)
-        if self.keyed:
-            epoch = self.epoch
-            return ((epoch, int(i)) for i in mine)
-        return (int(i) for i in mine)
-
-    def __len__(self) -> int:
-        return self.batches_left() * self.local_batch
+    def _order(self) -> np.ndarray:
+        return shard_epoch_order(self.sizes, self.seed, self.epoch, self.window)

@@ -91,7 +91,7 @@ def test_skipped_files_are_summed_over_processes(small_data, tmp_path):
     from collections import Counter
 
     from dataloaders.registry import DATASETS
-    from utils.train.engine import EpochSampler
+    from dataloaders.samplers import EpochSampler
     from utils.train.logs import read_log
     from utils.train.params import parse_args
 

@@ -192,7 +192,7 @@ def test_persistent_workers_see_every_epoch_and_resume_exactly(small_data, tmp_p
 
 def test_keyed_epoch_sampler_carries_the_epoch_to_the_dataset(small_data):
     from dataloaders.lpr4m import load_lpr4m_train
-    from utils.train.engine import EpochSampler
+    from dataloaders.samplers import EpochSampler
 
     plain = EpochSampler(48, world_size=2, rank=1, local_batch=4, seed=3)
     keyed = EpochSampler(48, world_size=2, rank=1, local_batch=4, seed=3, keyed=True)

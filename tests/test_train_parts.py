@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 
+from dataloaders.samplers import EpochSampler
 from modules.config import VISION_CONFIGS
 from modules.rice import RICEConfig, RICEModel
 from utils.runtime.precision import Precision
@@ -20,7 +21,7 @@ from utils.train.checkpointing import (
     rng_state,
     set_rng_state,
 )
-from utils.train.engine import EpochSampler, train_step
+from utils.train.engine import train_step
 from utils.train.logs import TrainLogger, read_log
 from utils.train.optim import build_optimizer
 from utils.train.scheduler import lr_factor, set_lr

@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from dataloaders.datasets import PairDataset, SkipReport, collate_samples, loader_options
 from dataloaders.registry import DATASETS
+from dataloaders.samplers import EpochSampler
 from dataloaders.shard_format import ShardSet
 from dataloaders.shards import ShardPairDataset, ShardSampler
 from dataloaders.transforms import build_transform
@@ -44,7 +45,7 @@ from utils.train.checkpointing import (
     set_rng_state,
     training_state,
 )
-from utils.train.engine import EpochSampler, train_step
+from utils.train.engine import train_step
 from utils.train.logs import TrainLogger
 from utils.train.params import save_args
 from utils.train.recipes import build_optimizer, prepare_model, v1_warmup_proportion
