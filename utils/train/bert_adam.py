@@ -19,39 +19,23 @@ from __future__ import annotations
 
 import torch
 
+from utils.train.adam_base import PerParameterAdam
 
-class BertAdam(torch.optim.Optimizer):
+
+class BertAdam(PerParameterAdam):
     def __init__(self, params, lr: float, betas: tuple[float, float] = (0.9, 0.98), eps: float = 1e-6,
                  weight_decay: float = 0.0, max_grad_norm: float = 1.0):
-        if lr < 0 or eps < 0 or not all(0.0 <= b < 1.0 for b in betas):
-            raise ValueError(f"BertAdam: invalid lr {lr}, betas {betas} or eps {eps}")
-        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
-                                      max_grad_norm=max_grad_norm))
+        super().__init__(params, lr, betas, eps, weight_decay=weight_decay, max_grad_norm=max_grad_norm)
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            beta1, beta2 = group["betas"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state[p]
-                if not state:
-                    state["step"] = 0
-                    state["exp_avg"] = torch.zeros_like(p)
-                    state["exp_avg_sq"] = torch.zeros_like(p)
-                if group["max_grad_norm"] > 0:
-                    torch.nn.utils.clip_grad_norm_([p], group["max_grad_norm"])
-                grad, m, v = p.grad, state["exp_avg"], state["exp_avg_sq"]
-                m.mul_(beta1).add_(grad, alpha=1 - beta1)
-                v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-                update = m / (v.sqrt() + group["eps"])
-                if group["weight_decay"] > 0:
-                    update += group["weight_decay"] * p
-                p.add_(-(group["lr"] * update))
-                state["step"] += 1
-        return loss
+    def _update(self, p: torch.Tensor, group: dict, state: dict) -> None:
+        beta1, beta2 = group["betas"]
+        if group["max_grad_norm"] > 0:
+            torch.nn.utils.clip_grad_norm_([p], group["max_grad_norm"])
+        grad, m, v = p.grad, state["exp_avg"], state["exp_avg_sq"]
+        m.mul_(beta1).add_(grad, alpha=1 - beta1)
+        v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        update = m / (v.sqrt() + group["eps"])
+        if group["weight_decay"] > 0:
+            update += group["weight_decay"] * p
+        p.add_(-(group["lr"] * update))
+        state["step"] += 1
