@@ -201,7 +201,8 @@ def read_meta(store: Path) -> dict | None:
         return None
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make a folder's entries (new or renamed files) durable."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -242,12 +243,12 @@ def cached_store(store: Path, key: dict, build: Callable[[Path], dict]) -> tuple
                 json.dump(meta, f, indent=1)
                 f.flush()
                 os.fsync(f.fileno())
-            _fsync_dir(tmp)
+            fsync_dir(tmp)
             if store.exists():
                 old = store.with_name(f"{store.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}")
                 os.rename(store, old)
             os.rename(tmp, store)
-            _fsync_dir(store.parent)
+            fsync_dir(store.parent)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

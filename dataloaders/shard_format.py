@@ -38,7 +38,7 @@ import numpy as np
 
 from utils.errors import DataError
 
-from .columnar import Column, NpyWriter, _read_header
+from .columnar import Column, NpyWriter, _read_header, fsync_dir
 
 logger = logging.getLogger(__name__)
 
@@ -142,14 +142,6 @@ class ShardWriter:
         self.file.close()
         for path in (self.tmp, self.tmp_sidecar):
             path.unlink(missing_ok=True)
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def scan_shard(tar: Path) -> np.ndarray:

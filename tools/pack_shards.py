@@ -276,8 +276,8 @@ def pack(args) -> dict:
 
 
 def index_only(args) -> dict:
-    from dataloaders.columnar import NpyWriter
-    from dataloaders.shard_format import MANIFEST, MEMBER_DTYPE, fsync_dir, scan_shard, sidecar_path
+    from dataloaders.columnar import NpyWriter, fsync_dir
+    from dataloaders.shard_format import MANIFEST, MEMBER_DTYPE, scan_shard, sidecar_path
 
     out = Path(args.output_dir)
     if not out.is_dir():
