@@ -21,6 +21,7 @@ travels with the key: a sampler that yields (epoch, index) pairs (the trainer's
 a plain int key uses the epoch of `set_epoch`, which only reaches workers started after it.
 """
 import logging
+import threading
 
 import numpy as np
 import torch
@@ -143,6 +144,22 @@ class ImageDataset(Dataset):
         if not ok:
             image = torch.zeros(_frame_shape(self.transform), dtype=torch.uint8)
         return {"image": image, "index": index, "ok": ok, "skipped": skipped}
+
+
+def settle_before_fork(timeout: float = 2.0) -> None:
+    """Wait until the queue-feeder threads of finished DataLoaders have ended; call before a new
+    DataLoader forks its workers.
+
+    A finished DataLoader closes its index queues without joining their feeder threads, so they
+    end a moment later. A fork while a Python thread is ending copies CPython's thread-state lock
+    held, and the new worker then blocks forever in `os.fork` (seen as a training run that hangs
+    at an epoch start, the other processes waiting in a collective). Closed queues' feeders end
+    at once; `timeout` bounds the wait for any other.
+    """
+    me = threading.current_thread()
+    for thread in threading.enumerate():
+        if thread is not me and thread.name == "QueueFeederThread":
+            thread.join(timeout)
 
 
 def loader_options(num_workers: int, prefetch_factor: int | None = None, persistent_workers: bool = False) -> dict:

@@ -268,3 +268,35 @@ def test_loader_flags_reach_training_and_evaluation_loaders(small_data, tmp_path
         lpr4m_embedding_eval.main([*eval_args, "--prefetch_factor", "0"])
     with expect_error("--prefetch_factor must be >= 1, got 0"):
         _train(small_data, tmp_path / "bad", "--prefetch_factor", "0")
+
+
+def test_settle_before_fork_waits_for_finished_queues_feeder_threads():
+    """A closed queue's feeder thread still writing (here: a 1 MB item nobody reads for 0.3 s) is
+    waited for, so no Python thread is ending when the next DataLoader forks."""
+    import multiprocessing
+    import os
+    import threading
+    import time
+
+    from dataloaders.datasets import settle_before_fork
+
+    queue = multiprocessing.get_context("fork").Queue()
+    pipe_end = os.dup(queue._reader.fileno())  # the "worker's" end, read only after 0.3 s
+    queue.put(b"x" * 2**20)  # larger than a pipe: the feeder blocks until it is read
+    queue.close()
+    feeders = [t for t in threading.enumerate() if t.name == "QueueFeederThread"]
+    assert any(t.is_alive() for t in feeders)
+
+    def read_all():
+        got = 0
+        while got < 2**20:
+            got += len(os.read(pipe_end, 2**20))
+        os.close(pipe_end)
+
+    reader = threading.Timer(0.3, read_all)
+    reader.start()
+    start = time.perf_counter()
+    settle_before_fork(timeout=10)
+    assert not any(t.is_alive() for t in feeders)
+    assert 0.2 < time.perf_counter() - start < 10
+    reader.join()
