@@ -46,6 +46,8 @@ def main(argv: list[str]) -> None:
     if rank == 0:
         torch.save({"losses": losses, "grads": grads, "accumulated_grads": accumulated, "world_size": world},
                    out_path)
+    dist.barrier()  # every rank done, the DDP reducer gone, then the group (see recipe_grad_worker.py)
+    del ddp
     dist.destroy_process_group()
 
 

@@ -58,6 +58,8 @@ def main(out_dir: str) -> None:
 
     out["counts"] = all_reduce_sum([0, 0] if rank == 0 else [3, 1], runtime.device)
     torch.save(out, f"{out_dir}/rank{rank}.pt")
+    dist.barrier()  # every rank done, the DDP reducer gone, then the group (see recipe_grad_worker.py)
+    del ddp
     dist.destroy_process_group()
 
 

@@ -37,6 +37,10 @@ def main(argv: list[str]) -> None:
     losses["loss"].backward()
     if rank == 0:
         torch.save({k: p.grad.clone() for k, p in model.named_parameters()}, out_path)
+    # Tear down in order: every rank done, the DDP reducer gone, then the process group (a rank
+    # destroying its group under a live reducer can abort at exit).
+    dist.barrier()
+    del ddp, losses
     dist.destroy_process_group()
 
 
