@@ -157,35 +157,31 @@ def v1_decays(name: str) -> bool:
     return "bias" not in name
 
 
-def v1_param_groups(model: nn.Module, lr: float, coef_lr: float, weight_decay: float) -> list[dict]:
-    """v1's four groups: {encoder (lr · coef_lr), heads (lr)} × {decay 0.2 (`v1_decays`), no decay}."""
+def _release_groups(model: nn.Module, lr: float, coef_lr: float, weight_decay: float, slow) -> list[dict]:
+    """Four groups {slow (lr · coef_lr): `slow(name)`, fast (lr)} × {decay (`v1_decays`), no decay}."""
     buckets: dict[tuple[bool, bool], list] = {}
     for name, param in model.named_parameters():
         if param.requires_grad:
-            buckets.setdefault((name.startswith(ENCODER_PREFIX), v1_decays(name)), []).append(param)
+            buckets.setdefault((slow(name), v1_decays(name)), []).append(param)
     groups = []
-    for (encoder, decay), params in sorted(buckets.items(), reverse=True):
-        base_lr = lr * coef_lr if encoder else lr
-        groups.append({"params": params, "name": f"{'encoder' if encoder else 'heads'}_{'decay' if decay else 'no_decay'}",
+    for (is_slow, decay), params in sorted(buckets.items(), reverse=True):
+        base_lr = lr * coef_lr if is_slow else lr
+        groups.append({"params": params, "name": f"{'encoder' if is_slow else 'heads'}_{'decay' if decay else 'no_decay'}",
                        "lr": base_lr, "base_lr": base_lr, "weight_decay": weight_decay if decay else 0.0})
     return groups
+
+
+def v1_param_groups(model: nn.Module, lr: float, coef_lr: float, weight_decay: float) -> list[dict]:
+    """v1's four groups: {encoder (lr · coef_lr), heads (lr)} × {decay 0.2 (`v1_decays`), no decay}."""
+    return _release_groups(model, lr, coef_lr, weight_decay, lambda name: name.startswith(ENCODER_PREFIX))
 
 
 def v2_param_groups(model: nn.Module, lr: float, coef_lr: float, weight_decay: float) -> list[dict]:
     """v2's groups: the decoder and heads at `lr` (v2: 1e-6 x 100), the encoder and the ICL scale
     `logit_scale` at `lr · coef_lr` (v2's base rate: its name matched none of v2's faster patterns);
     decay as v1's rule (`v1_decays`)."""
-    buckets: dict[tuple[bool, bool], list] = {}
-    for name, param in model.named_parameters():
-        if param.requires_grad:
-            slow = name.startswith(ENCODER_PREFIX) or name == "logit_scale"
-            buckets.setdefault((slow, v1_decays(name)), []).append(param)
-    groups = []
-    for (slow, decay), params in sorted(buckets.items(), reverse=True):
-        base_lr = lr * coef_lr if slow else lr
-        groups.append({"params": params, "name": f"{'encoder' if slow else 'heads'}_{'decay' if decay else 'no_decay'}",
-                       "lr": base_lr, "base_lr": base_lr, "weight_decay": weight_decay if decay else 0.0})
-    return groups
+    return _release_groups(model, lr, coef_lr, weight_decay,
+                           lambda name: name.startswith(ENCODER_PREFIX) or name == "logit_scale")
 
 
 def build_optimizer(model: nn.Module, args: argparse.Namespace) -> torch.optim.Optimizer:
