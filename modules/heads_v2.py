@@ -67,7 +67,7 @@ class V2CrossBlock(nn.Module):
         k = F.linear(y, wk, bk).view(v_count, m, self.heads, dh).transpose(1, 2)
         v = F.linear(y, wv, bv).view(v_count, m, self.heads, dh).transpose(1, 2)
         if y_index is not None:
-            k, v, key_mask = k[y_index], v[y_index], key_mask[y_index]
+            k, v, key_mask = (t.index_select(0, y_index) for t in (k, v, key_mask))
         scores = at_least_fp32(q * dh**-0.5) @ at_least_fp32(k).transpose(-1, -2)  # [P, H, N, M]
         scores = scores.masked_fill(~key_mask[:, None, None, :], torch.finfo(scores.dtype).min)
         probs = scores.softmax(dim=-1)

@@ -283,7 +283,8 @@ class RICEModel(nn.Module):
         """Decode pairs (image pair_image[i], video pair_video[i]); `queries` are image tokens when
         `per_pair` (each pair runs the image side itself), else the image side's output per image."""
         if per_pair:
-            return self.cross.decode(self.cross.image_side(queries[pair_image]), keys, token_mask, pair_video)
+            return self.cross.decode(self.cross.image_side(queries.index_select(0, pair_image)), keys, token_mask,
+                                     pair_video)
         return self.cross.decode(queries, keys, token_mask, pair_video, pair_image)
 
     # ---------------------------------------------------------------- training
@@ -414,10 +415,10 @@ class RICEModel(nn.Module):
             weights = self.recons_weights(drop_cls(attention[rows], n))  # [P+, N-1, T*(N-1)]
         p = weights.shape[0]
         positive_video = pair_video[rows]
-        video = video_tokens[positive_video].view(p, -1, n, e)[:, :, 1:]  # [P+, T, N-1, E]
-        frame_valid = token_mask[positive_video].view(p, -1, n)[:, :, 1:, None]
+        video = video_tokens.index_select(0, positive_video).view(p, -1, n, e)[:, :, 1:]  # [P+, T, N-1, E]
+        frame_valid = token_mask.index_select(0, positive_video).view(p, -1, n)[:, :, 1:, None]
         video = (video * frame_valid).reshape(p, -1, e)
-        return scores, reconstruction_error(weights, video, image_tokens[pair_image[rows]][:, 1:])
+        return scores, reconstruction_error(weights, video, image_tokens.index_select(0, pair_image[rows])[:, 1:])
 
 
 def _frame_plan(frame_mask: torch.Tensor, frame_index: torch.Tensor | None, device: torch.device):

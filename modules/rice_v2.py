@@ -133,7 +133,7 @@ class RICEv2Model(RICEModel):
             all_mask = all_gather(features["token_mask"])
             c = candidates.shape[1]
             image_index = torch.arange(b, device=device).repeat_interleave(c)
-            scores = self.score_pairs(features["image_tokens"][image_index], all_tokens, all_mask,
+            scores = self.score_pairs(features["image_tokens"].index_select(0, image_index), all_tokens, all_mask,
                                       candidates.reshape(-1)).view(b, c)
             losses["pmd"] = matching_loss(scores, 1.0)
             total = total + losses["pmd"]
