@@ -3,6 +3,7 @@
     python benchmarks/bench_train.py                                  # every default configuration
     python benchmarks/bench_train.py --device cpu --configs fp32 fp32+ckpt --steps 2
     python benchmarks/bench_train.py --device cuda --configs fp32 bf16 bf16+ckpt --steps 10
+    python benchmarks/bench_train.py --configs fp32 fp32+shared --vs_encoder --steps 10
     python benchmarks/bench_train.py --model tiny --steps 1           # quick check that it runs
 
 What is measured: `utils.train.engine.train_step` (the trainer's step) on an
@@ -19,10 +20,18 @@ size (224 px for ViT-B/32), collated as the loader does ({"image", "frames",
 
 A configuration is a precision (fp32, bf16, fp16 -- fp16 on CUDA only),
 optionally with `+ckpt` for gradient checkpointing (encoder blocks and PMD
-chunks recomputed in the backward pass) and/or `+accN` for gradient
+chunks recomputed in the backward pass), `+accN` for gradient
 accumulation over N micro-batches (the exact gradient cache of
 `--gradient_accumulation_steps`: less encoder activation memory, a second
-encoder forward). Each one runs in its own
+encoder forward) and/or `+shared` for `--pmd_shared_dropout` (the PMD query
+dropout drawn once per image, so its self blocks run once per image, not per
+pair).
+
+`--vs_encoder` adds, per configuration, the time of the encoder alone on the
+step's images (forward and backward with every token's output, alternating
+with the step in the same process) and the ratio of the median step to it:
+how much the rest of the step (PMD, PFR, losses, clipping, the optimizer)
+adds to the encoder's unavoidable cost. Each one runs in its own
 subprocess: `--warmup` untimed steps (the first allocates the optimizer state;
 on a CPU the next one or two are still slower while the allocator settles),
 then `--steps` timed steps. Printed per configuration: seconds per step (mean
@@ -44,6 +53,7 @@ figures come from the same machine at the same time.
 from __future__ import annotations
 
 import argparse
+import statistics
 import subprocess
 import sys
 import time
@@ -63,18 +73,19 @@ from utils.train.optim import build_optimizer  # noqa: E402
 LR, COEF_LR, WEIGHT_DECAY, CLIP_GRAD_NORM = 3e-4, 1e-3, 0.2, 1.0
 
 
-def _options(name: str) -> tuple[str, bool, int]:
-    """(precision, gradient checkpointing, accumulation steps) of a configuration name.
+def _options(name: str) -> tuple[str, bool, int, bool]:
+    """(precision, gradient checkpointing, accumulation steps, shared PMD dropout) of a configuration name.
 
-    A name is a precision, then optionally `+ckpt` and/or `+accN`; anything else is a usage error.
+    A name is a precision, then optionally `+ckpt`, `+accN` and/or `+shared`; anything else is a usage error.
     """
     precision, *options = name.split("+")
-    valid = all(o == "ckpt" or (o.startswith("acc") and o[3:].isdigit() and int(o[3:]) >= 1) for o in options)
+    valid = all(o in ("ckpt", "shared") or (o.startswith("acc") and o[3:].isdigit() and int(o[3:]) >= 1)
+                for o in options)
     if precision not in ("fp32", "bf16", "fp16") or not valid or len(set(options)) != len(options):
-        raise argparse.ArgumentTypeError(f"{name!r}: expected fp32, bf16 or fp16, optionally with +ckpt "
-                                         "and/or +accN (N micro-batches)")
+        raise argparse.ArgumentTypeError(f"{name!r}: expected fp32, bf16 or fp16, optionally with +ckpt, "
+                                         "+accN (N micro-batches) and/or +shared (--pmd_shared_dropout)")
     accumulation = next((int(o[3:]) for o in options if o.startswith("acc")), 1)
-    return precision, "ckpt" in options, accumulation
+    return precision, "ckpt" in options, accumulation, "shared" in options
 
 
 def config(text: str) -> str:
@@ -92,8 +103,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=3, help="timed steps after the warm-up")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--configs", nargs="+", type=config, default=None,
-                   help="precision[+ckpt][+accN] to run, e.g. fp32 fp32+ckpt fp32+acc4 bf16 bf16+ckpt "
-                        "(default: fp32, fp32+ckpt, and bf16, bf16+ckpt where half precision is native)")
+                   help="precision[+ckpt][+accN][+shared] to run, e.g. fp32 fp32+ckpt fp32+acc4 fp32+shared "
+                        "bf16 bf16+ckpt (default: fp32, fp32+ckpt, and bf16, bf16+ckpt where half precision "
+                        "is native)")
+    p.add_argument("--vs_encoder", action="store_true",
+                   help="also time the encoder alone on the step's images (forward and backward, tokens "
+                        "included), alternating with the step, and print the step's cost over it")
     p.add_argument("--one", type=config, default=None, help=argparse.SUPPRESS)  # child process: one configuration
     args = p.parse_args(argv)
     if args.batch < 1 or args.frames < 1 or args.steps < 1 or args.warmup < 1:
@@ -141,7 +156,7 @@ def random_batch(vision, batch: int, frames: int, device: torch.device) -> dict[
 
 def run_one(args: argparse.Namespace, name: str) -> None:
     """Build the model, run `args.warmup` untimed + `args.steps` timed steps, print one table row."""
-    precision_name, ckpt, accumulation = _options(name)
+    precision_name, ckpt, accumulation, shared = _options(name)
     if args.batch % accumulation:
         raise SystemExit(f"{name}: --batch {args.batch} is not divisible into {accumulation} micro-batches")
     device = torch.device(args.device)
@@ -149,6 +164,7 @@ def run_one(args: argparse.Namespace, name: str) -> None:
     vision = VISION_CONFIGS[args.model]
     model = RICEModel(RICEConfig(vision=vision, sim_header="cross_attention", recons_feat=True)).to(device)
     model.set_grad_checkpointing(ckpt)
+    model.set_pmd_shared_dropout(shared)
     model.train()
     optimizer = build_optimizer(model, LR, COEF_LR, WEIGHT_DECAY)
     precision = Precision(precision_name, device)
@@ -161,16 +177,39 @@ def run_one(args: argparse.Namespace, name: str) -> None:
             torch.cuda.synchronize(device)
         return losses
 
+    # The encoder alone on the same images: what the step cannot be cheaper than.
+    images = torch.cat([batch["image"], batch["frames"].flatten(0, 1)]).to(device)
+
+    def encoder_step() -> None:
+        with precision.autocast():
+            emb, tokens = model.visual(images, return_tokens=True)
+            loss = emb.float().square().mean() + tokens.float().square().mean()
+        loss.backward()
+        model.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
     for _ in range(args.warmup):  # allocates the optimizer state, autotunes kernels, settles the allocator
         step()
-    times = []
-    for _ in range(args.steps):
+        if args.vs_encoder:
+            encoder_step()
+    times, encoder_times = [], []
+    for _ in range(args.steps):  # with --vs_encoder alternating, so the machine's drift hits both alike
         start = time.perf_counter()
         losses = step()
         times.append(time.perf_counter() - start)
+        if args.vs_encoder:
+            start = time.perf_counter()
+            encoder_step()
+            encoder_times.append(time.perf_counter() - start)
     per_step = sum(times) / len(times)
-    print(f"{name:<14s} {per_step:9.2f} {args.batch / per_step:9.2f} {peak_memory_gib(device):14.2f} "
-          f"{torch.get_num_threads():7d} {losses['loss'].item():8.3f}", flush=True)
+    row = (f"{name:<14s} {per_step:9.2f} {args.batch / per_step:9.2f} {peak_memory_gib(device):14.2f} "
+           f"{torch.get_num_threads():7d} {losses['loss'].item():8.3f}")
+    if args.vs_encoder:
+        # Medians: one slow step (a page fault storm, a neighbour) should not move the ratio.
+        step_median, encoder_median = statistics.median(times), statistics.median(encoder_times)
+        row += f" {encoder_median:9.2f} {step_median / encoder_median:8.3f}"
+    print(row, flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -184,10 +223,17 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.model}, ICL+PMD+PFR, {args.batch} pairs x {args.frames} frames at {size} px, "
           f"device {args.device}, AdamW (lr {LR:g}, coef_lr {COEF_LR:g}, wd {WEIGHT_DECAY:g}), "
           f"clip {CLIP_GRAD_NORM:g}; {args.warmup} warm-up + {args.steps} timed steps; peak = {peak_kind}")
-    print(f"{'config':<14s} {'s/step':>9s} {'pairs/s':>9s} {'peak mem (GiB)':>14s} {'threads':>7s} {'loss':>8s}",
-          flush=True)
+    header = f"{'config':<14s} {'s/step':>9s} {'pairs/s':>9s} {'peak mem (GiB)':>14s} {'threads':>7s} {'loss':>8s}"
+    if args.vs_encoder:
+        n_images = args.batch * (1 + args.frames)
+        print(f"encoder = the encoder alone, forward and backward of the step's {n_images} images (median s); "
+              "step/enc = median step over it")
+        header += f" {'encoder':>9s} {'step/enc':>8s}"
+    print(header, flush=True)
     base = ["--model", args.model, "--batch", str(args.batch), "--frames", str(args.frames),
             "--warmup", str(args.warmup), "--steps", str(args.steps), "--device", args.device]
+    if args.vs_encoder:
+        base.append("--vs_encoder")
     failed = 0
     for name in configs:
         # Each configuration in a fresh process, so the peak-memory figures are separate.

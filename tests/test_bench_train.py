@@ -33,7 +33,22 @@ def test_every_configuration_kind_prints_a_row():
     assert max(losses) - min(losses) < 2e-3, rows
 
 
-@pytest.mark.parametrize("bad", ["fp64", "fp32+acc0", "fp32+ckpt+ckpt", "fp32+accx"])
+def test_vs_encoder_adds_the_encoder_alone_and_the_ratio():
+    proc = _run("--model", "tiny", "--device", "cpu", "--warmup", "1", "--steps", "3", "--vs_encoder",
+                "--configs", "fp32", "fp32+shared")
+    assert proc.returncode == 0, proc.stderr
+    assert "step/enc" in proc.stdout and "of the step's 44 images" in proc.stdout
+    rows = [line.split() for line in proc.stdout.splitlines() if line.split() and line.split()[0].startswith("fp32")]
+    assert [row[0] for row in rows] == ["fp32", "fp32+shared"]
+    for row in rows:
+        assert len(row) == 8, row
+        encoder_s, ratio = float(row[6]), float(row[7])
+        # The step runs the same encoder pass plus the heads and the optimizer: never cheaper than it
+        # by more than timing noise (tiny model, so the heads are a large share).
+        assert encoder_s > 0 and ratio > 0.8, row
+
+
+@pytest.mark.parametrize("bad", ["fp64", "fp32+acc0", "fp32+ckpt+ckpt", "fp32+accx", "fp32+shared+shared"])
 def test_bad_configuration_is_a_usage_error(bad):
     proc = _run("--model", "tiny", "--configs", bad)
     assert proc.returncode == 2 and "expected fp32, bf16 or fp16" in proc.stderr
