@@ -90,6 +90,82 @@ def test_bf16_autocast_on_cpu_forward_and_backward():
     emb.float().square().sum().backward()
     assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in model.parameters())
 
+def _attention_fp64(qkv: torch.Tensor, heads: int) -> torch.Tensor:
+    """softmax(q·kᵀ/√d)·v in fp64 from [B, N, 3·W] projections: the oracle for the attention core."""
+    b, n, w3 = qkv.shape
+    q, k, v = qkv.double().view(b, n, 3, heads, w3 // 3 // heads).permute(2, 0, 3, 1, 4)
+    probs = (q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5).softmax(-1)
+    return (probs @ v).transpose(1, 2).reshape(b, n, w3 // 3)
+
+
+def test_bf16_training_attention_core_runs_in_fp32_on_cpu_and_is_at_least_as_accurate(monkeypatch):
+    """In bf16 CPU training the attention core is computed in fp32 (the bf16 CPU kernel's backward is slow).
+
+    Output and input gradient are compared with an fp64 oracle on the same bf16
+    q, k, v: the fp32 core must be no less accurate than the bf16 kernel.
+    """
+    import modules.clip_vit as clip_vit
+    from modules.clip_vit import SelfAttention
+
+    torch.manual_seed(0)
+    attn = SelfAttention(64, 4)
+    x = torch.randn(3, 50, 64) * 2
+    grad_out = torch.randn(3, 50, 64)
+
+    def run(fp32_core: bool):
+        monkeypatch.setattr(clip_vit, "_fp32_attention_core", lambda q: fp32_core)
+        captured = {}
+        real = torch.nn.functional.linear
+
+        def spy(inp, weight, bias=None):  # the attention core's input: the in-projection's bf16 output
+            out = real(inp, weight, bias)
+            if weight is attn.in_proj_weight:
+                out.retain_grad()
+                captured["qkv"] = out
+            return out
+
+        monkeypatch.setattr(clip_vit.F, "linear", spy)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = attn(x.requires_grad_())
+        out.float().backward(grad_out)
+        monkeypatch.setattr(clip_vit.F, "linear", real)
+        return captured["qkv"], attn.out_proj.weight.grad.clone()
+
+    errors = {}
+    for fp32_core in (False, True):
+        attn.zero_grad()
+        qkv, _ = run(fp32_core)
+        assert qkv.dtype == torch.bfloat16
+        with torch.enable_grad():
+            leaf = qkv.detach().double().requires_grad_()
+            core = _attention_fp64(leaf, 4)
+        # The out projection's weight gradient is core^T · grad: compare the core through it.
+        expected = grad_out.double().reshape(-1, 64).T @ core.detach().reshape(-1, 64)
+        errors[fp32_core] = (attn.out_proj.weight.grad.double() - expected).abs().max().item()
+        expected_in = torch.autograd.grad(core, leaf, _out_proj_grad(attn, grad_out))[0]
+        errors[(fp32_core, "input")] = (qkv.grad.double() - expected_in).abs().max().item()
+    assert errors[True] <= errors[False] * 1.05 + 1e-6, errors
+    assert errors[(True, "input")] <= errors[(False, "input")] * 1.05 + 1e-6, errors
+
+
+def _out_proj_grad(attn, grad_out: torch.Tensor) -> torch.Tensor:
+    """The gradient reaching the attention core's output: grad_out through out_proj (fp64)."""
+    return grad_out.double() @ attn.out_proj.weight.double()
+
+
+def test_fp32_attention_core_only_for_cpu_bf16_training():
+    from modules.clip_vit import _fp32_attention_core
+
+    bf16 = torch.zeros(2, 4, 5, 8, dtype=torch.bfloat16, requires_grad=True)
+    assert _fp32_attention_core(bf16)
+    assert not _fp32_attention_core(bf16.detach())  # inference keeps the (faster) bf16 kernel
+    with torch.no_grad():
+        assert not _fp32_attention_core(bf16)
+    assert not _fp32_attention_core(torch.zeros(2, 4, 5, 8, requires_grad=True))  # fp32: nothing to change
+    assert not _fp32_attention_core(torch.zeros(2, 4, 5, 8, dtype=torch.bfloat16, device="meta",
+                                                requires_grad=True))  # other devices keep their kernels
+
+
 def test_rejects_images_of_the_wrong_size():
     model = VisionTransformer(VISION_CONFIGS["tiny"])
     with pytest.raises(ValueError, match="64"):

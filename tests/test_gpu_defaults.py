@@ -133,6 +133,12 @@ def test_encoder_compiles_as_one_graph_forward_and_backward():
     torch.testing.assert_close(compiled(images)[0], eager(images)[0], rtol=1e-5, atol=1e-5)
     for (name, a), b in zip(eager.named_parameters(), compiled.parameters()):
         torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-5, msg=name)
+    # bf16 autocast: training takes the fp32 attention core on CPUs, inference the bf16 kernel; no break either way.
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        emb, tokens = compiled(images, return_tokens=True)
+        (emb.float().square().sum() + tokens.float().mean()).backward()
+        with torch.no_grad():
+            assert compiled(images)[0].dtype == torch.bfloat16
 
 
 def test_evaluation_encodes_in_bf16_on_gpus_by_default(small_data, tmp_path):
