@@ -29,9 +29,11 @@ pair).
 
 `--vs_encoder` adds, per configuration, the time of the encoder alone on the
 step's images (forward and backward with every token's output, alternating
-with the step in the same process) and the ratio of the median step to it:
-how much the rest of the step (PMD, PFR, losses, clipping, the optimizer)
-adds to the encoder's unavoidable cost. Each one runs in its own
+with the step in the same process) and two ratios to it: the model's forward
+and backward (ICL, PMD, PFR; no clipping, no optimizer) and the whole step.
+They say how much the heads and losses, then the fixed per-step costs
+(clipping, AdamW over every parameter), add to the encoder's unavoidable
+cost. Each one runs in its own
 subprocess: `--warmup` untimed steps (the first allocates the optimizer state;
 on a CPU the next one or two are still slower while the allocator settles),
 then `--steps` timed steps. Printed per configuration: seconds per step (mean
@@ -64,7 +66,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from modules.config import VISION_CONFIGS  # noqa: E402
-from modules.rice import RICEConfig, RICEModel  # noqa: E402
+from modules.rice import RICEConfig, RICEModel, to_device, valid_frames  # noqa: E402
 from utils.runtime.precision import Precision  # noqa: E402
 from utils.train.engine import train_step  # noqa: E402
 from utils.train.optim import build_optimizer  # noqa: E402
@@ -177,8 +179,15 @@ def run_one(args: argparse.Namespace, name: str) -> None:
             torch.cuda.synchronize(device)
         return losses
 
-    # The encoder alone on the same images: what the step cannot be cheaper than.
+    # The encoder alone on the same images: what the step cannot be cheaper than; and the model's
+    # forward and backward without clipping and the optimizer (fixed costs, whatever the batch).
     images = torch.cat([batch["image"], batch["frames"].flatten(0, 1)]).to(device)
+    frames, host_mask = batch["frames"].to(device), batch["frame_mask"]
+    mask, index = to_device(host_mask, device), to_device(valid_frames(host_mask), device)
+
+    def synchronize() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
 
     def encoder_step() -> None:
         with precision.autocast():
@@ -186,29 +195,39 @@ def run_one(args: argparse.Namespace, name: str) -> None:
             loss = emb.float().square().mean() + tokens.float().square().mean()
         loss.backward()
         model.zero_grad(set_to_none=True)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        synchronize()
 
+    def model_step() -> None:
+        with precision.autocast():
+            loss = model(images[: args.batch], frames, mask, index)["loss"]
+        loss.backward()
+        model.zero_grad(set_to_none=True)
+        synchronize()
+
+    references = {"model": model_step, "encoder": encoder_step} if args.vs_encoder and accumulation == 1 else \
+        {"encoder": encoder_step} if args.vs_encoder else {}
     for _ in range(args.warmup):  # allocates the optimizer state, autotunes kernels, settles the allocator
         step()
-        if args.vs_encoder:
-            encoder_step()
-    times, encoder_times = [], []
-    for _ in range(args.steps):  # with --vs_encoder alternating, so the machine's drift hits both alike
+        for reference in references.values():
+            reference()
+    times, reference_times = [], {kind: [] for kind in references}
+    for _ in range(args.steps):  # with --vs_encoder alternating, so the machine's drift hits all alike
         start = time.perf_counter()
         losses = step()
         times.append(time.perf_counter() - start)
-        if args.vs_encoder:
+        for kind, reference in references.items():
             start = time.perf_counter()
-            encoder_step()
-            encoder_times.append(time.perf_counter() - start)
+            reference()
+            reference_times[kind].append(time.perf_counter() - start)
     per_step = sum(times) / len(times)
     row = (f"{name:<14s} {per_step:9.2f} {args.batch / per_step:9.2f} {peak_memory_gib(device):14.2f} "
            f"{torch.get_num_threads():7d} {losses['loss'].item():8.3f}")
     if args.vs_encoder:
-        # Medians: one slow step (a page fault storm, a neighbour) should not move the ratio.
-        step_median, encoder_median = statistics.median(times), statistics.median(encoder_times)
-        row += f" {encoder_median:9.2f} {step_median / encoder_median:8.3f}"
+        # Medians: one slow step (a page fault storm, a neighbour) should not move the ratios.
+        encoder_median = statistics.median(reference_times["encoder"])
+        model_ratio = (f"{statistics.median(reference_times['model']) / encoder_median:9.3f}"
+                       if "model" in references else f"{'-':>9s}")
+        row += f" {encoder_median:9.2f} {model_ratio} {statistics.median(times) / encoder_median:8.3f}"
     print(row, flush=True)
 
 
@@ -227,8 +246,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.vs_encoder:
         n_images = args.batch * (1 + args.frames)
         print(f"encoder = the encoder alone, forward and backward of the step's {n_images} images (median s); "
-              "step/enc = median step over it")
-        header += f" {'encoder':>9s} {'step/enc':>8s}"
+              "model/enc = the model's forward and backward (no clipping, no optimizer; not with +acc) over it; "
+              "step/enc = the whole step over it")
+        header += f" {'encoder':>9s} {'model/enc':>9s} {'step/enc':>8s}"
     print(header, flush=True)
     base = ["--model", args.model, "--batch", str(args.batch), "--frames", str(args.frames),
             "--warmup", str(args.warmup), "--steps", str(args.steps), "--device", args.device]
