@@ -173,7 +173,7 @@ def test_rejects_images_of_the_wrong_size():
 
 
 def test_quick_gelu_gradient_and_what_it_keeps_for_backward():
-    """The hand-written backward matches x·σ(1.702x) differentiated by autograd, and keeps only x."""
+    """The hand-written backward matches x·σ(1.702x) differentiated by autograd, and keeps one tensor."""
     gelu = QuickGELU()
     x = torch.randn(64, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(gelu, (x,))
@@ -188,4 +188,4 @@ def test_quick_gelu_gradient_and_what_it_keeps_for_backward():
     saved = []
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.shape) or t, lambda t: t):
         gelu(torch.randn(8, 16, requires_grad=True))
-    assert saved == [torch.Size([8, 16])]  # x only: σ(1.702x) is recomputed in backward
+    assert saved == [torch.Size([8, 16])]  # one tensor (1.702x): σ(1.702x) is recomputed in backward
