@@ -5,9 +5,11 @@
 #
 # 1. the CUDA-marked tests (pytest -m cuda): fp16 with the gradient scaler, bf16, NCCL with one
 #    process, memory accounting, TF32, the compiled encoder, training and evaluation on the GPU;
-# 2. benchmarks/bench_train.py on cuda: the full ICL+PMD+PFR step in fp32, TF32, bf16 and fp16;
+# 2. benchmarks/bench_train.py on cuda: the full ICL+PMD+PFR step in fp32, TF32, bf16 and fp16,
+#    and its cost over the encoder's alone (--vs_encoder);
 # 3. benchmarks/bench_encoder.py on cuda: ours vs timm ViT-B/32 in fp32, TF32, bf16 and fp16,
-#    then eager vs torch.compile for training in fp32 and bf16;
+#    then eager vs torch.compile for training in fp32 and bf16, and bench_breakdown.py: the
+#    matrix products' share of the encoder's training step and their rate against the GPU's peak;
 # 4. benchmarks/bench_extract.py on cuda: query clips/s, gallery images/s and the projected
 #    encoder time of a full LPR4M test pass, in fp32, bf16 and fp16.
 # Every figure is printed as one line `name value` and written to RESULTS_FILE, with the GPU,
@@ -58,7 +60,7 @@ last_line_figures() {  # label prefix: the key=value pairs of a benchmark's last
 cat "$RESULTS"
 
 # 1. CUDA-marked tests.
-if part tests 120 "$PYTHON" -m pytest -q -p no:cacheprovider -m cuda tests; then
+if part tests 110 "$PYTHON" -m pytest -q -p no:cacheprovider -m cuda tests; then
   figure tests_passed "$(grep -oE '[0-9]+ passed' "$LOG/tests.txt" | grep -oE '[0-9]+' || echo 0)"
 fi
 
@@ -68,10 +70,12 @@ for precision in fp32 tf32 bf16 fp16; do
   env=()
   if [ "$precision" = tf32 ]; then config=fp32; env=(TORCH_ALLOW_TF32_CUBLAS_OVERRIDE=1); fi
   if part "train_$precision" 45 env ${env[@]+"${env[@]}"} "$PYTHON" benchmarks/bench_train.py --device cuda --batch 32 \
-      --warmup 3 --steps 5 --configs "$config"; then
+      --warmup 3 --steps 5 --vs_encoder --configs "$config"; then
     row=$(grep -E "^$config " "$LOG/train_$precision.txt" | tail -n 1)
     figure "train_step_${precision}_pairs_per_s" "$(echo "$row" | awk '{print $3}')"
     figure "train_step_${precision}_peak_gib" "$(echo "$row" | awk '{print $4}')"
+    figure "train_model_${precision}_vs_encoder" "$(echo "$row" | awk '{print $8}')"
+    figure "train_step_${precision}_vs_encoder" "$(echo "$row" | awk '{print $9}')"
   fi
 done
 
@@ -80,9 +84,13 @@ if part encoder 90 "$PYTHON" benchmarks/bench_encoder.py --device cuda --batch_s
     --iters 6 --warmup 2 --precisions fp32 tf32 bf16 fp16; then
   last_line_figures encoder encoder_
 fi
-if part encoder_compile 150 "$PYTHON" benchmarks/bench_encoder.py --device cuda --train_batch_size 128 \
+if part encoder_compile 130 "$PYTHON" benchmarks/bench_encoder.py --device cuda --train_batch_size 128 \
     --iters 6 --warmup 2 --modes train --precisions fp32 bf16 --compile; then
   last_line_figures encoder_compile encoder_compile_
+fi
+if part breakdown 40 "$PYTHON" benchmarks/bench_breakdown.py --device cuda --batch 128 --steps 3 \
+    --precisions fp32 tf32 bf16 fp16; then
+  last_line_figures breakdown breakdown_
 fi
 
 # 4. Evaluation feature extraction and the projected LPR4M test pass.

@@ -54,6 +54,8 @@ def benchmarks(device: str, precisions: list[str]) -> list[tuple[str, list[str]]
     return [
         ("Encoder: ViT-B/32 ours vs timm vit_base_patch32_clip_224",
          ["bench_encoder.py", "--device", device, "--precisions", *precisions]),
+        ("Encoder training step: share of the matrix products, their rate against the peak",
+         ["bench_breakdown.py", "--device", device, "--precisions", *precisions]),
         ("Training step: ICL+PMD+PFR, ViT-B/32, 4 pairs x 10 frames, AdamW",
          ["bench_train.py", "--device", device, "--configs", *train_configs]),
         ("Feature extraction and PMD scoring, ViT-B/32",
