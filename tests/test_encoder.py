@@ -57,6 +57,18 @@ def test_quick_gelu_formula(requires_grad):
         s = torch.sigmoid(1.702 * x.detach())
         torch.testing.assert_close(x.grad, s + 1.702 * x.detach() * s * (1 - s))
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_quick_gelu_paths_agree_bit_for_bit(dtype):
+    """Without gradients QuickGELU skips the autograd function; both paths give the same bits."""
+    x = (torch.randn(40, 96, generator=torch.Generator().manual_seed(3)) * 4).to(dtype)
+    inference = QuickGELU()(x)
+    with torch.no_grad():
+        no_grad = QuickGELU()(x.clone().requires_grad_())
+    training = QuickGELU()(x.clone().requires_grad_())
+    assert training.grad_fn is not None and inference.grad_fn is None and no_grad.grad_fn is None
+    assert torch.equal(inference, training.detach()) and torch.equal(no_grad, inference)
+
+
 def test_grad_checkpointing_gives_the_same_gradients():
     torch.manual_seed(0)
     model = VisionTransformer(VISION_CONFIGS["tiny"])
