@@ -121,8 +121,8 @@ def test_demo_pmd_learns_and_is_evaluated_both_ways(demo_run):
 def test_demo_runs_are_identical_on_two_threads(tmp_path):
     """Two runs of the same (tiny) demo give bit-identical weights and byte-identical rankings.
 
-    Without the demo's deterministic mode, PMD's gather backward adds rows in thread order and two
-    runs on 2 threads drift apart within a few steps. The caller's setting is restored afterwards.
+    The demo turns on torch's deterministic algorithms for its run; the caller's setting is restored
+    afterwards.
     """
     import torch
 
