@@ -72,7 +72,8 @@ def _fp32_attention_core(q: torch.Tensor) -> bool:
     15.8 ms against 5.5 ms for forward and backward). Upcasting q, k and v and
     casting the output back costs less than that (the whole encoder trains
     ~1.18x faster in bf16 for it, `benchmarks/bench_encoder.py`) and is at
-    least as accurate (the bf16 kernel accumulates in fp32 as well). Inference
+    least as accurate (the bf16 kernel accumulates in fp32 as well). The price:
+    the backward keeps q, k, v in fp32 (twice their bf16 bytes). Inference
     keeps the bf16 kernel, whose forward is the faster one; GPUs are untouched.
     """
     return (q.device.type == "cpu" and q.dtype == torch.bfloat16 and torch.is_grad_enabled()
