@@ -204,8 +204,11 @@ def run_one(args: argparse.Namespace, name: str) -> None:
         model.zero_grad(set_to_none=True)
         synchronize()
 
-    references = {"model": model_step, "encoder": encoder_step} if args.vs_encoder and accumulation == 1 else \
-        {"encoder": encoder_step} if args.vs_encoder else {}
+    references = {}  # timed after each step, in this order
+    if args.vs_encoder:
+        if accumulation == 1:  # with +acc the step's model pass is the gradient cache, not one forward
+            references["model"] = model_step
+        references["encoder"] = encoder_step
     for _ in range(args.warmup):  # allocates the optimizer state, autotunes kernels, settles the allocator
         step()
         for reference in references.values():

@@ -38,3 +38,19 @@ def expect_error(capsys):
         assert "Traceback" not in err, err
 
     return check
+
+
+@pytest.fixture
+def pmd_decoder_chunks(monkeypatch):
+    """The number of pairs of every PMD decoder call made while the test runs, in order."""
+    from modules.heads import PairwiseMatchingDecoder
+
+    chunks = []
+    real = PairwiseMatchingDecoder.decode
+
+    def spy(self, queries, keys, video_mask, video_index=None, image_index=None):
+        chunks.append(len(video_index))
+        return real(self, queries, keys, video_mask, video_index, image_index)
+
+    monkeypatch.setattr(PairwiseMatchingDecoder, "decode", spy)
+    return chunks

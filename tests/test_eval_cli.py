@@ -27,7 +27,6 @@ from dataloaders.transforms import build_transform, load_rgb
 from modules.checkpoint import load_checkpoint
 from modules.clip_vit import ResidualAttentionBlock
 from modules.config import VISION_CONFIGS
-from modules.heads import PairwiseMatchingDecoder
 from modules.rice import RICEConfig, RICEModel
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -195,15 +194,8 @@ def test_pmd_reranking_scores_and_order(data, ckpts, tmp_path):
 
 
 
-def test_pmd_chunk_size_sets_the_reranking_chunks_not_the_scores(data, ckpts, tmp_path, monkeypatch):
-    chunks = []  # pairs of every PMD decoder call
-    real = PairwiseMatchingDecoder.decode
-
-    def spy(self, queries, keys, video_mask, video_index=None, image_index=None):
-        chunks.append(len(video_index))
-        return real(self, queries, keys, video_mask, video_index, image_index)
-
-    monkeypatch.setattr(PairwiseMatchingDecoder, "decode", spy)
+def test_pmd_chunk_size_sets_the_reranking_chunks_not_the_scores(data, ckpts, tmp_path, pmd_decoder_chunks):
+    chunks = pmd_decoder_chunks  # pairs of every PMD decoder call
     flags = ("--sim_header", "cross_attention", "--rerank_topk", "4")
     run_eval(data, ckpts["ours.pt"], tmp_path / "default", *flags)
     pairs = sum(chunks)

@@ -7,9 +7,6 @@ encoder weights, the heads' initialisation, and (with 2 torchrun processes)
 """
 
 import math
-import os
-import subprocess
-import sys
 from argparse import Namespace
 from pathlib import Path
 
@@ -18,6 +15,7 @@ import torch
 
 from modules.config import VISION_CONFIGS
 from modules.rice import RICEConfig, RICEModel
+from tests.recipe_grad_worker import run_two_processes
 from utils.train.bert_adam import BertAdam
 from utils.train.params import parse_args
 from utils.train.recipes import build_optimizer, init_heads, prepare_model
@@ -186,15 +184,8 @@ def test_encoder_gradient_is_one_over_world_size_with_two_processes(tmp_path):
     frames = torch.randint(0, 256, (4, 2, 3, 64, 64), generator=g, dtype=torch.uint8)
     mask = torch.ones(4, 2, dtype=torch.bool)
     mask[3, 1] = False
-    torch.save({"config": config.to_dict(), "state": model.state_dict(), "images": images, "frames": frames,
-                "frame_mask": mask}, tmp_path / "in.pt")
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(ROOT / "tests" / "recipe_grad_worker.py"), str(tmp_path / "in.pt"), str(tmp_path / "out.pt"),
-           "v1_release"]
-    proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    two = torch.load(tmp_path / "out.pt", weights_only=True)
+    two = run_two_processes(tmp_path, {"config": config.to_dict(), "state": model.state_dict(), "images": images,
+                                       "frames": frames, "frame_mask": mask}, "v1_release")
 
     prepare_model(model, "v1_release", world_size=1)  # the single-process reference, same fp16 encoder
     model.eval()

@@ -5,11 +5,7 @@ scores and re-ranks.
 
 import json
 import math
-import os
-import subprocess
-import sys
 from argparse import Namespace
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,6 +19,7 @@ from modules.clip_vit import normalize_pixels
 from modules.config import VISION_CONFIGS
 from modules.rice import RICEConfig, RICEModel
 from modules.rice_v2 import RICEv2Model
+from tests.recipe_grad_worker import run_two_processes
 from utils.train.adamw_v2 import AdamWv2
 from utils.train.recipes import build_optimizer, init_heads
 from utils.train.scheduler import v2_lr_factor
@@ -251,19 +248,11 @@ def test_v2_tail_cut_only_for_full_clips():
 def test_two_process_step_equals_one_process_step(tmp_path):
     """v2 gathers with summed gradients, as this project: 2 torchrun processes (gloo, fp64) give the
     1-process gradients of the whole batch, hard negatives and the learnable ICL scale included."""
-    root = Path(__file__).resolve().parents[1]
     model = _model().double().eval()
     images, frames, mask = _batch(b=6)
     images, frames = normalize_pixels(images).double(), normalize_pixels(frames).double()
-    torch.save({"config": model.config.to_dict(), "state": model.state_dict(), "images": images, "frames": frames,
-                "frame_mask": mask}, tmp_path / "in.pt")
-    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(root / "tests" / "recipe_grad_worker.py"), str(tmp_path / "in.pt"), str(tmp_path / "out.pt"),
-           "v2_release"]
-    proc = subprocess.run(cmd, env=env, cwd=root, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    two = torch.load(tmp_path / "out.pt", weights_only=True)
+    two = run_two_processes(tmp_path, {"config": model.config.to_dict(), "state": model.state_dict(),
+                                       "images": images, "frames": frames, "frame_mask": mask}, "v2_release")
     model(images, frames, mask)["loss"].backward()
     for name, p in model.named_parameters():
         torch.testing.assert_close(two[name], p.grad, rtol=1e-7, atol=1e-9, msg=name)

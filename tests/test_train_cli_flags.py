@@ -186,15 +186,8 @@ def test_grad_checkpointing_changes_memory_not_results(small_data, tmp_path):
 
 
 
-def test_pmd_chunk_size_sets_the_decoder_chunks(small_data, tmp_path, monkeypatch, expect_error):
-    chunks = []  # pairs of every PMD decoder call
-    real = PairwiseMatchingDecoder.decode
-
-    def spy(self, queries, keys, video_mask, video_index=None, image_index=None):
-        chunks.append(len(video_index))
-        return real(self, queries, keys, video_mask, video_index, image_index)
-
-    monkeypatch.setattr(PairwiseMatchingDecoder, "decode", spy)
+def test_pmd_chunk_size_sets_the_decoder_chunks(small_data, tmp_path, pmd_decoder_chunks, expect_error):
+    chunks = pmd_decoder_chunks  # pairs of every PMD decoder call
     pmd = ("--sim_header", "cross_attention", "--recons_feat")
     _run(small_data, tmp_path / "default", *pmd, steps=1)
     assert chunks == [16, 16]  # 8 pairs x (1 + 3 hard negatives); 16 on the CPU by default
