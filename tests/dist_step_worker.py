@@ -14,6 +14,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from modules.rice import RICEConfig, RICEModel
+from tests.worker_exit import exit_after_teardown
 from utils.runtime.distributed import all_reduce_mean, get_rank, get_world_size
 from utils.runtime.precision import Precision
 from utils.train.engine import _accumulated_backward
@@ -53,3 +54,4 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     main(sys.argv[1:])
+    exit_after_teardown()

@@ -20,6 +20,7 @@ from torch import nn
 from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 from torch.nn.parallel import DistributedDataParallel
 
+from tests.worker_exit import exit_after_teardown
 from utils.runtime.distributed import all_gather_with_grad, all_reduce_sum, average_gradients, init_distributed
 
 
@@ -65,3 +66,4 @@ def main(out_dir: str) -> None:
 
 if __name__ == "__main__":
     main(sys.argv[1])
+    exit_after_teardown()

@@ -18,6 +18,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from modules.rice import RICEConfig, RICEModel
 from modules.rice_v2 import RICEv2Model
+from tests.worker_exit import exit_after_teardown
 from utils.runtime.distributed import get_rank, get_world_size
 from utils.train.recipes import prepare_model
 
@@ -62,3 +63,4 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     main(sys.argv[1:])
+    exit_after_teardown()
