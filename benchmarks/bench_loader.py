@@ -15,10 +15,12 @@ Each is timed with 0 workers (the process itself decodes: one core does everythi
 1 worker (one core decodes; batches cross shared memory to the main process). torch uses one
 thread, so every figure is per core. Also printed: the bytes of one batch, which is what a
 worker puts in shared memory per batch, for fp32 and uint8, and what starting a worker adds to
-an epoch's first batch (what `--persistent_workers` saves per epoch). The LAST line holds the
-figures with 1 worker (or 0 if only that was measured):
+an epoch's first batch (what `--persistent_workers` saves per epoch), forked from this process
+and from a fork server (how the workers of a process in a torch.distributed group start,
+`dataloaders.datasets.worker_context`; the server's own start, once per process, is left out).
+The LAST line holds the figures with 1 worker (or 0 if only that was measured):
     old_clips_s_core=... exact_clips_s_core=... fast_clips_s_core=... fast_speedup=... exact_speedup=...
-    workers=1 worker_start_s=...
+    workers=1 worker_start_s=... worker_start_forkserver_s=...
 
 Sources (`--sources`, both by default, side by side in one run): "files" (the JPEG files
 themselves) and "shards" (the same clips packed by tools/pack_shards.py into tar shards, read
@@ -140,15 +142,22 @@ def clips_per_second(dataset, workers: int, batch_size: int, batches: int) -> tu
     return n / (time.perf_counter() - start), nbytes
 
 
-def second_epoch_start(dataset, persistent: bool, batch_size: int, repeats: int = 3) -> float:
+def second_epoch_start(dataset, persistent: bool, batch_size: int, repeats: int = 3, forkserver: bool = False) -> float:
     """Seconds from a new epoch's iterator to its first batch, 1 worker, epochs of one batch: with
-    fresh workers this includes starting a worker, with persistent ones it does not."""
+    fresh workers this includes starting a worker, with persistent ones it does not. `forkserver`:
+    the worker comes from the training loaders' fork server instead of a fork of this process."""
+    import multiprocessing
+
     from torch.utils.data import DataLoader, Subset
 
-    from dataloaders.datasets import collate_samples
+    from dataloaders.datasets import FORKSERVER_PRELOAD, collate_samples
 
+    context = None
+    if forkserver:
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(FORKSERVER_PRELOAD)
     loader = DataLoader(Subset(dataset, range(batch_size)), batch_size=batch_size, num_workers=1,
-                        persistent_workers=persistent, collate_fn=collate_samples)
+                        persistent_workers=persistent, collate_fn=collate_samples, multiprocessing_context=context)
     list(loader)  # the first epoch
     best = float("inf")
     for _ in range(repeats):
@@ -190,10 +199,12 @@ def main(argv=None):
                                                                                    args.batches)
                     print(f"workers={w} {source:6s} {path:5s}: {results[source, path, w]:7.1f} clips/s per core "
                           f"({11 * results[source, path, w]:6.0f} images/s)")
-        starts = {persistent: second_epoch_start(SOURCES[args.sources[0]](args, clips, build_transform_for(
-            "exact", args.style, args.image_size)), persistent, args.batch_size) for persistent in (False, True)}
+        dataset = SOURCES[args.sources[0]](args, clips, build_transform_for("exact", args.style, args.image_size))
+        starts = {persistent: second_epoch_start(dataset, persistent, args.batch_size) for persistent in (False, True)}
+        served = second_epoch_start(dataset, False, args.batch_size, forkserver=True)
     print(f"an epoch's first batch, 1 worker: {starts[False]:.3f} s with a new worker, {starts[True]:.3f} s with "
-          f"--persistent_workers (a worker's start: {starts[False] - starts[True]:.3f} s)")
+          f"--persistent_workers (a worker's start: {starts[False] - starts[True]:.3f} s); {served:.3f} s with a new "
+          f"worker from a fork server (its start: {served - starts[True]:.3f} s)")
     for path in PATHS:
         print(f"batch of {args.batch_size} clips, {path:5s}: {batch_bytes[path] / 2**20:.1f} MiB in shared memory")
     b, s = 48, args.image_size  # the README's rank-batch: 48 clips x (10 frames + 1 image)
@@ -204,7 +215,7 @@ def main(argv=None):
     old, exact, fast = (results[first, path, w] for path in PATHS)
     line = (f"old_clips_s_core={old:.1f} exact_clips_s_core={exact:.1f} fast_clips_s_core={fast:.1f} "
             f"fast_speedup={fast / old:.2f} exact_speedup={exact / old:.2f} workers={w} source={first} "
-            f"worker_start_s={starts[False] - starts[True]:.3f}")
+            f"worker_start_s={starts[False] - starts[True]:.3f} worker_start_forkserver_s={served - starts[True]:.3f}")
     for source in args.sources[1:]:
         line += "".join(f" {source}_{path}_clips_s_core={results[source, path, w]:.1f}" for path in ("exact", "fast"))
     print(line)

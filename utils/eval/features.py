@@ -18,7 +18,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
-from dataloaders.datasets import collate_samples, loader_options, settle_before_fork
+from dataloaders.datasets import collate_samples, loader_options
 from utils.runtime.distributed import Runtime
 
 
@@ -82,8 +82,6 @@ def extract_features(
         read (their "skipped" lists), from every process, sorted.
     """
     share = list(range(runtime.rank, len(dataset), runtime.world_size))
-    if num_workers:
-        settle_before_fork()
     loader = DataLoader(
         Subset(dataset, share), batch_size=batch_size, shuffle=False, collate_fn=collate_samples,
         **loader_options(num_workers, prefetch_factor),

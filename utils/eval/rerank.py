@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from dataloaders.datasets import collate_samples, settle_before_fork
+from dataloaders.datasets import collate_samples, loader_options
 from utils.eval.features import gather_by_index
 from utils.eval.metrics import Ranking
 from utils.runtime.distributed import Runtime
@@ -94,9 +94,7 @@ def pmd_scores(model, ranking: Ranking, topk: int, data: RerankInputs, runtime: 
     num_queries = len(ranking.indices)
     blocks = [np.arange(s, min(s + BLOCK_SIZE, num_queries)) for s in range(0, num_queries, BLOCK_SIZE)]
     mine = _Blocks(blocks[runtime.rank :: runtime.world_size], ranking.indices[:, :topk], data)
-    if num_workers:
-        settle_before_fork()
-    loader = DataLoader(mine, batch_size=None, num_workers=num_workers, collate_fn=_as_is)  # items: whole blocks
+    loader = DataLoader(mine, batch_size=None, collate_fn=_as_is, **loader_options(num_workers))  # items: whole blocks
     device = runtime.device
     done, scores = [], []
     for item in tqdm(loader, desc="PMD re-ranking", unit="block", disable=not (runtime.progress and runtime.is_main)):

@@ -24,7 +24,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from dataloaders.datasets import PairDataset, SkipReport, collate_samples, loader_options, settle_before_fork
+from dataloaders.datasets import PairDataset, SkipReport, collate_samples, loader_options
 from dataloaders.registry import DATASETS
 from dataloaders.samplers import EpochSampler
 from dataloaders.shard_format import ShardSet
@@ -219,11 +219,9 @@ class Trainer:
         """Train from the current place to the end of the epoch or of the run; True when the epoch ended."""
         args, runtime = self.args, self.runtime
         self.sampler.set_epoch(self.epoch, self.sample_in_epoch)
-        options = loader_options(args.num_workers, args.prefetch_factor, args.persistent_workers)
         loader = self.loader  # the sampler is re-read by every new iteration of it
         if loader is None:
-            if args.num_workers:
-                settle_before_fork()
+            options = loader_options(args.num_workers, args.prefetch_factor, args.persistent_workers)
             loader = DataLoader(self.dataset, batch_size=self.local_batch, sampler=self.sampler,
                                 collate_fn=collate_samples, drop_last=True, pin_memory=runtime.device.type == "cuda",
                                 generator=torch.Generator().manual_seed(args.seed + self.epoch), **options)
