@@ -62,7 +62,7 @@ class _AllGatherWithGrad(torch.autograd.Function):
         # receives the sum over processes of its own shard's rows (a
         # reduce-scatter: 1/world_size of the traffic of an all-reduce).
         out = grad.new_empty((ctx.size, *grad.shape[1:]))
-        dist.reduce_scatter_tensor(out, grad.contiguous(), op=dist.ReduceOp.SUM)
+        dist.reduce_scatter_single(out, grad.contiguous(), op=dist.ReduceOp.SUM)
         return out
 
 
