@@ -346,10 +346,11 @@ def test_recipe_scripts_match_the_seed_rows(data, ckpts, tmp_path):
 
 
 def test_n_gpu_spawns_one_process_per_gpu(data, ckpts, tmp_path, monkeypatch):
-    """--n_gpu 2 with two (pretended) GPUs spawns two workers; on this CPU machine they use gloo."""
+    """--n_gpu 2 with two (pretended) GPUs spawns two processes; on a CPU they use gloo. Their loading
+    workers (started from a fork server, as in any process group) load what one process loads alone."""
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     flags = ["--sim_header", "cross_attention", "--embedding_sim", "--save_features"]
-    spawned = run_eval(data, ckpts["ours.pt"], tmp_path / "two", "--n_gpu", "2", *flags)
+    spawned = run_eval(data, ckpts["ours.pt"], tmp_path / "two", "--n_gpu", "2", *flags, "--num_workers", "1")
     monkeypatch.undo()
     single = run_eval(data, ckpts["ours.pt"], tmp_path / "one", "--n_gpu", "1", *flags)
     assert spawned["flags"]["n_gpu"] == 2
