@@ -146,16 +146,11 @@ def second_epoch_start(dataset, persistent: bool, batch_size: int, repeats: int 
     """Seconds from a new epoch's iterator to its first batch, 1 worker, epochs of one batch: with
     fresh workers this includes starting a worker, with persistent ones it does not. `forkserver`:
     the worker comes from the training loaders' fork server instead of a fork of this process."""
-    import multiprocessing
-
     from torch.utils.data import DataLoader, Subset
 
-    from dataloaders.datasets import FORKSERVER_PRELOAD, collate_samples
+    from dataloaders.datasets import collate_samples, fork_server_context
 
-    context = None
-    if forkserver:
-        context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(FORKSERVER_PRELOAD)
+    context = fork_server_context() if forkserver else None
     loader = DataLoader(Subset(dataset, range(batch_size)), batch_size=batch_size, num_workers=1,
                         persistent_workers=persistent, collate_fn=collate_samples, multiprocessing_context=context)
     list(loader)  # the first epoch

@@ -22,6 +22,7 @@ a plain int key uses the epoch of `set_epoch`, which only reaches workers starte
 """
 import logging
 import multiprocessing
+import signal
 import threading
 
 import numpy as np
@@ -187,23 +188,72 @@ def worker_context():
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized() and "forkserver" in multiprocessing.get_all_start_methods():
-        context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(FORKSERVER_PRELOAD)  # no effect once the server runs
-        return context
+        return fork_server_context()
     settle_before_fork()
     return None
+
+
+def fork_server_context():
+    """The fork-server context for DataLoader workers, its server running: started (once per
+    process) with `FORKSERVER_PRELOAD` imported and the stop signals blocked (`_start_fork_server`)."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(FORKSERVER_PRELOAD)  # no effect once the server runs
+    _start_fork_server()
+    return context
+
+
+# What a cluster (SLURM's scancel, time limit, preemption) or Ctrl-C sends to every process of a job.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def _start_fork_server() -> None:
+    """Start the fork server, if not running, with the stop signals blocked: it and the workers it
+    forks inherit that mask, so a signal sent to every process of the job leaves them running
+    (see `ignore_stop_signals`; Python's resource tracker starts the same way). A worker whose
+    fork server has gone ends within 5 s (PyTorch's check of its parent), and its training
+    process then fails with "DataLoader worker exited unexpectedly". In this process the
+    signals are blocked for the start alone and are delivered when unblocked, not lost."""
+    from multiprocessing import forkserver, resource_tracker
+
+    if threading.current_thread() is not threading.main_thread():
+        forkserver.ensure_running()
+        return
+    # The fork server's start first starts the resource tracker if it is not running, which
+    # unblocks these two signals when done: so start that one before blocking.
+    resource_tracker.ensure_running()
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        forkserver.ensure_running()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+
+
+def ignore_stop_signals(worker_id: int = 0) -> None:
+    """A loading worker's `worker_init_fn`: SIGTERM and SIGINT leave it running.
+
+    A scheduler stopping a job (and Ctrl-C in a terminal) signals every process, the loading
+    workers too. A worker killed so makes its training process fail at once with "DataLoader
+    worker ... is killed by signal", wherever it is, even halfway through writing the checkpoint
+    that the same signal asked for. Ignoring them, the workers go on serving batches while the
+    training process finishes its step and saves; they end with it (its loaders shut them down,
+    or they notice it is gone), or by SIGKILL.
+    """
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
 
 
 def loader_options(num_workers: int, prefetch_factor: int | None = None, persistent_workers: bool = False) -> dict:
     """DataLoader keyword arguments for the worker flags (`--num_workers`, `--prefetch_factor`,
     `--persistent_workers`); the last two mean nothing without workers and are dropped then.
-    With workers, `multiprocessing_context` is added where `worker_context` chooses one; call
-    this right before the DataLoader is made."""
+    With workers, `worker_init_fn` makes them outlive a job-wide stop signal
+    (`ignore_stop_signals`) and `multiprocessing_context` is added where `worker_context`
+    chooses one; call this right before the DataLoader is made."""
     options = {"num_workers": num_workers}
     if num_workers > 0:
         options["persistent_workers"] = persistent_workers
         if prefetch_factor is not None:
             options["prefetch_factor"] = prefetch_factor
+        options["worker_init_fn"] = ignore_stop_signals
         context = worker_context()
         if context is not None:
             options["multiprocessing_context"] = context

@@ -3,6 +3,7 @@
 import json
 import os
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -116,9 +117,12 @@ def test_prefetch_factor_sets_how_many_batches_a_worker_prepares_ahead(tmp_path,
 
 
 def test_loader_options_drop_worker_flags_without_workers():
+    from dataloaders.datasets import ignore_stop_signals
+
+    stop = {"worker_init_fn": ignore_stop_signals}  # workers outlive a job-wide stop signal
     assert loader_options(0, 4, True) == {"num_workers": 0}
-    assert loader_options(2, None, True) == {"num_workers": 2, "persistent_workers": True}
-    assert loader_options(2, 5) == {"num_workers": 2, "persistent_workers": False, "prefetch_factor": 5}
+    assert loader_options(2, None, True) == {"num_workers": 2, "persistent_workers": True, **stop}
+    assert loader_options(2, 5) == {"num_workers": 2, "persistent_workers": False, "prefetch_factor": 5, **stop}
 
 
 def test_workers_in_a_process_group_start_from_a_forkserver_and_load_the_same_batches(small_data):
@@ -129,7 +133,7 @@ def test_workers_in_a_process_group_start_from_a_forkserver_and_load_the_same_ba
 
     import torch.distributed as dist
 
-    from dataloaders.datasets import FORKSERVER_PRELOAD, collate_samples
+    from dataloaders.datasets import FORKSERVER_PRELOAD, collate_samples, ignore_stop_signals
     from dataloaders.lpr4m import load_lpr4m_train
 
     t = build_transform("v2", True, 32)
@@ -146,7 +150,8 @@ def test_workers_in_a_process_group_start_from_a_forkserver_and_load_the_same_ba
         context = options.pop("multiprocessing_context")
         assert context.get_start_method() == "forkserver"
         assert multiprocessing.forkserver._forkserver._preload_modules == FORKSERVER_PRELOAD
-        assert options == {"num_workers": 2, "persistent_workers": False, "prefetch_factor": 2}
+        assert options == {"num_workers": 2, "persistent_workers": False, "prefetch_factor": 2,
+                           "worker_init_fn": ignore_stop_signals}
         from_workers = list(DataLoader(dataset, batch_size=8, collate_fn=collate_samples, **loader_options(2)))
     finally:
         dist.destroy_process_group()
@@ -157,13 +162,36 @@ def test_workers_in_a_process_group_start_from_a_forkserver_and_load_the_same_ba
                    for k in want)
 
 
+def test_fork_server_and_its_workers_outlive_a_stop_signal_to_every_process():
+    """A scheduler's SIGTERM reaches every process of a job. The fork server and a worker it forked
+    get it too and keep serving batches for longer than PyTorch's 5 s check of a worker's parent:
+    a worker whose server had died would have ended by then, failing its loader."""
+    import signal
+
+    from torch.utils.data._utils import MP_STATUS_CHECK_INTERVAL
+
+    from dataloaders.datasets import fork_server_context, ignore_stop_signals
+
+    loader = DataLoader(range(12), batch_size=4, num_workers=1, prefetch_factor=1,
+                        multiprocessing_context=fork_server_context(), worker_init_fn=ignore_stop_signals)
+    it = iter(loader)
+    assert next(it).tolist() == [0, 1, 2, 3]
+    worker = it._workers[0].pid
+    server = int(Path(f"/proc/{worker}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    assert server != os.getpid()  # the worker is the fork server's child, not this process's
+    for pid in (server, worker):
+        os.kill(pid, signal.SIGTERM)
+    time.sleep(MP_STATUS_CHECK_INTERVAL + 1.5)
+    assert Path(f"/proc/{server}").exists()
+    assert [batch.tolist() for batch in it] == [[4, 5, 6, 7], [8, 9, 10, 11]]
+
+
 def test_workers_started_right_after_collectives_do_not_hang(tmp_path):
     """Two gloo processes each start a loader worker 300 times right after all-reduces. Forked
     directly from such a process, a worker blocked forever in os.fork in 5 of 8 such runs (the
     test then fails by its timeout); started from the fork server, in none."""
     import subprocess
     import sys
-    from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}

@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from utils.train.logs import read_log
@@ -88,10 +89,51 @@ def _parent_pid(stat: Path) -> int | None:
         return None
 
 
+def _job(pid: int) -> list[int]:
+    """`pid` and every process below it (torchrun puts its workers in sessions of their own, so a
+    process group would not reach them; a scheduler's signal reaches all of a job's processes)."""
+    parents = {int(stat.parent.name): _parent_pid(stat) for stat in Path("/proc").glob("[0-9]*/stat")}
+    job = [pid]
+    for parent in job:
+        job += [child for child, of in parents.items() if of == parent]
+    return job
+
+
+def _signal_job(pid: int, sig: int) -> list[int]:
+    """Send `sig` to `pid` and every process below it; return them."""
+    job = _job(pid)
+    for member in job:
+        try:
+            os.kill(member, sig)
+        except ProcessLookupError:
+            pass
+    return job
+
+
+def _all_ended(pids: list[int], timeout: float) -> bool:
+    """Whether every process in `pids` has gone (or is a zombie) within `timeout` seconds."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        alive = []
+        for pid in pids:
+            try:
+                state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            except OSError:
+                continue
+            if state != "Z":
+                alive.append(pid)
+        if not alive:
+            return True
+        time.sleep(0.1)
+    return False
+
+
 def test_sigterm_saves_and_resume_finishes_identically(small_data, tmp_path):
-    """SIGTERM: the current step finishes, last.pt is written, the run exits; --resume latest then
-    ends bit-identical to an uninterrupted run. Two processes agree on stopping only every
-    STOP_CHECK_EVERY steps (one all-reduce and a device wait each), so they stop at such a step."""
+    """SIGTERM to every process of the job, as a cluster stops one (torchrun, the training processes,
+    their loading workers and the workers' fork server): the current step finishes, last.pt is
+    written, the run exits and leaves no process behind; --resume latest then ends bit-identical
+    to an uninterrupted run. Two processes agree on stopping only every STOP_CHECK_EVERY steps
+    (one all-reduce and a device wait each), so they stop at such a step."""
     from utils.train.trainer import STOP_CHECK_EVERY
 
     steps = 2 * STOP_CHECK_EVERY + 4
@@ -107,14 +149,11 @@ def test_sigterm_saves_and_resume_finishes_identically(small_data, tmp_path):
     deadline = time.time() + TIMEOUT
     while _steps_logged(tmp_path / "run") < 3 and proc.poll() is None and time.time() < deadline:
         time.sleep(0.02)
-    # As a cluster scheduler does, signal the training processes themselves (torchrun's children).
-    workers = [stat.parent.name for stat in Path("/proc").glob("[0-9]*/stat")
-               if _parent_pid(stat) == proc.pid]
-    assert len(workers) == 2, workers
-    for pid in workers:
-        os.kill(int(pid), signal.SIGTERM)
+    job = _signal_job(proc.pid, signal.SIGTERM)
+    assert len(job) >= 6, job  # torchrun, 2 training processes, the fork servers, the loading workers
     output = proc.communicate(timeout=TIMEOUT)[0]
-    assert proc.returncode != 0 and "stopped by a signal at step" in output, output[-3000:]
+    assert proc.returncode != 0 and output.count("stopped by a signal at step") == 2, output[-3000:]
+    assert _all_ended(job, 30)
     saved = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)["step"]
     assert saved % STOP_CHECK_EVERY == 0 and 0 < saved < steps, saved
     assert not (tmp_path / "run" / "model.pt").exists()
@@ -123,3 +162,25 @@ def test_sigterm_saves_and_resume_finishes_identically(small_data, tmp_path):
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     ref, got = _weights(tmp_path / "reference" / "model.pt"), _weights(tmp_path / "run" / "model.pt")
     assert all(torch.equal(ref[k], got[k]) for k in ref)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_stop_signal_to_every_process_saves_with_loading_workers(small_data, tmp_path, sig):
+    """One process with a loading worker, the signal sent to both (a scheduler's SIGTERM, Ctrl-C's
+    SIGINT): the worker outlives it, the step finishes, last.pt holds it, and both processes end.
+    A worker killed by SIGTERM made the run fail halfway through writing last.pt."""
+    args = _args(small_data, tmp_path / "run")
+    args[args.index("--max_steps") + 1] = "40"
+    args[args.index("--save_every_steps") + 1] = "0"
+    proc = subprocess.Popen(args, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + TIMEOUT
+    while _steps_logged(tmp_path / "run") < 3 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    job = _signal_job(proc.pid, sig)
+    assert len(job) == 2, job  # the training process and its loading worker
+    output = proc.communicate(timeout=TIMEOUT)[0]
+    assert proc.returncode != 0 and "stopped by a signal at step" in output, output[-3000:]
+    assert _all_ended(job, 30)
+    stopped_at = int(output.split("stopped by a signal at step ")[1].split(";")[0])
+    assert torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)["step"] == stopped_at
+    assert stopped_at >= 3 and not list((tmp_path / "run" / "checkpoints").glob(".*"))  # no half-written file
