@@ -170,6 +170,7 @@ def test_stop_signal_to_every_process_saves_with_loading_workers(small_data, tmp
     SIGINT): the worker outlives it, the step finishes, last.pt holds it, and both processes end.
     A worker killed by SIGTERM made the run fail halfway through writing last.pt."""
     args = _args(small_data, tmp_path / "run")
+    args[args.index("--batch_size") + 1] = "4"  # epochs of 12 steps: the signal comes mid-epoch, the worker up
     args[args.index("--max_steps") + 1] = "40"
     args[args.index("--save_every_steps") + 1] = "0"
     proc = subprocess.Popen(args, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
