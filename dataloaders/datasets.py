@@ -215,9 +215,6 @@ def _start_fork_server() -> None:
     signals are blocked for the start alone and are delivered when unblocked, not lost."""
     from multiprocessing import forkserver, resource_tracker
 
-    if threading.current_thread() is not threading.main_thread():
-        forkserver.ensure_running()
-        return
     # The fork server's start first starts the resource tracker if it is not running, which
     # unblocks these two signals when done: so start that one before blocking.
     resource_tracker.ensure_running()

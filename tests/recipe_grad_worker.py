@@ -7,8 +7,6 @@ v2_release: the v2 heads, in the weights' dtype) and rank r takes pairs
 [r·B/N, (r+1)·B/N). Rank 0 writes the gradients, averaged over ranks by DDP, to OUT.
 """
 
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -18,6 +16,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from modules.rice import RICEConfig, RICEModel
 from modules.rice_v2 import RICEv2Model
+from tests.processes import torchrun_two
 from tests.worker_exit import exit_after_teardown
 from utils.runtime.distributed import get_rank, get_world_size
 from utils.train.recipes import prepare_model
@@ -26,13 +25,8 @@ from utils.train.recipes import prepare_model
 def run_two_processes(tmp_path: Path, payload: dict, recipe: str) -> dict:
     """Save `payload` (config, state, images, frames, frame_mask), run this worker under torchrun with
     2 gloo processes and return rank 0's averaged gradients."""
-    root = Path(__file__).resolve().parents[1]
     torch.save(payload, tmp_path / "in.pt")
-    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(Path(__file__).resolve()), str(tmp_path / "in.pt"), str(tmp_path / "out.pt"), recipe]
-    proc = subprocess.run(cmd, env=env, cwd=root, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    torchrun_two(Path(__file__).resolve(), tmp_path / "in.pt", tmp_path / "out.pt", recipe)
     return torch.load(tmp_path / "out.pt", weights_only=True)
 
 

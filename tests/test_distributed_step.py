@@ -8,15 +8,13 @@ rounding into ~1e-5 gradient noise (e.g. in `similarity_dense`), which would
 blur the comparison; in fp64 rounding is ~1e-12 and any logic error shows.
 """
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import torch
 
 from modules.config import VISION_CONFIGS
 from modules.rice import RICEConfig, RICEModel
+from tests.processes import torchrun_two
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,11 +33,7 @@ def test_two_process_step_equals_single_process_step(tmp_path):
     torch.save({"config": config.to_dict(), "state": model.state_dict(), "images": images, "frames": frames,
                 "frame_mask": frame_mask}, tmp_path / "in.pt")
 
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(ROOT / "tests" / "dist_step_worker.py"), str(tmp_path / "in.pt"), str(tmp_path / "out.pt")]
-    proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    torchrun_two(ROOT / "tests" / "dist_step_worker.py", tmp_path / "in.pt", tmp_path / "out.pt")
     result = torch.load(tmp_path / "out.pt", weights_only=True)
     assert result["world_size"] == 2
 

@@ -4,14 +4,13 @@ One torchrun launch of tests/gpu_dist_worker.py; every figure below is
 recomputed here from the same seeds, without any process group.
 """
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
+
+from tests.processes import torchrun_two
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,13 +30,7 @@ def bf16_mean(parts: list[torch.Tensor]) -> torch.Tensor:
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory) -> list[dict]:
     out = tmp_path_factory.mktemp("gpu_dist")
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(name, None)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(ROOT / "tests" / "gpu_dist_worker.py"), str(out)]
-    proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    torchrun_two(ROOT / "tests" / "gpu_dist_worker.py", out)
     return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(2)]
 
 
@@ -116,13 +109,7 @@ def test_skipped_files_are_summed_over_processes(small_data, tmp_path):
     expected = [sum(skips(i) for i in step) for step in per_step]
     replaced = [sum(skips(i) > 0 for i in step) for step in per_step]
     assert sum(expected) >= 1 and all(skips(i) == 0 for i in shares[0][:8])
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(name, None)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(ROOT / "lpr4m_train.py"), *argv]
-    proc = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    proc = torchrun_two(ROOT / "lpr4m_train.py", *argv, timeout=300, cwd=tmp_path)
     records = read_log(tmp_path / "run" / "log.jsonl")
     assert [r["skipped_files"] for r in records] == expected
     assert [r["replaced_samples"] for r in records] == replaced

@@ -171,13 +171,14 @@ def test_fork_server_and_its_workers_outlive_a_stop_signal_to_every_process():
     from torch.utils.data._utils import MP_STATUS_CHECK_INTERVAL
 
     from dataloaders.datasets import fork_server_context, ignore_stop_signals
+    from tests.processes import parent_pid
 
     loader = DataLoader(range(12), batch_size=4, num_workers=1, prefetch_factor=1,
                         multiprocessing_context=fork_server_context(), worker_init_fn=ignore_stop_signals)
     it = iter(loader)
     assert next(it).tolist() == [0, 1, 2, 3]
     worker = it._workers[0].pid
-    server = int(Path(f"/proc/{worker}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    server = parent_pid(worker)
     assert server != os.getpid()  # the worker is the fork server's child, not this process's
     for pid in (server, worker):
         os.kill(pid, signal.SIGTERM)
@@ -190,15 +191,9 @@ def test_workers_started_right_after_collectives_do_not_hang(tmp_path):
     """Two gloo processes each start a loader worker 300 times right after all-reduces. Forked
     directly from such a process, a worker blocked forever in os.fork in 5 of 8 such runs (the
     test then fails by its timeout); started from the fork server, in none."""
-    import subprocess
-    import sys
+    from tests.processes import ROOT, torchrun_two
 
-    root = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(root / "tests" / "fork_hang_worker.py"), "300", str(tmp_path / "out.txt")]
-    proc = subprocess.run(cmd, env=env, cwd=root, capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    torchrun_two(ROOT / "tests" / "fork_hang_worker.py", 300, tmp_path / "out.txt", timeout=240)
     assert (tmp_path / "out.txt").read_text().split() == ["600", "forkserver"]
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.processes import parent_pid, state
 from utils.train.logs import read_log
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -81,18 +82,10 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(small_data, tmp_path):
     assert steps == list(range(1, STEPS + 1))
 
 
-def _parent_pid(stat: Path) -> int | None:
-    """The parent of a process, from /proc/<pid>/stat (None if it has gone)."""
-    try:
-        return int(stat.read_text().rsplit(")", 1)[1].split()[1])
-    except (OSError, IndexError, ValueError):
-        return None
-
-
 def _job(pid: int) -> list[int]:
     """`pid` and every process below it (torchrun puts its workers in sessions of their own, so a
     process group would not reach them; a scheduler's signal reaches all of a job's processes)."""
-    parents = {int(stat.parent.name): _parent_pid(stat) for stat in Path("/proc").glob("[0-9]*/stat")}
+    parents = {int(stat.parent.name): parent_pid(int(stat.parent.name)) for stat in Path("/proc").glob("[0-9]*/stat")}
     job = [pid]
     for parent in job:
         job += [child for child, of in parents.items() if of == parent]
@@ -114,15 +107,7 @@ def _all_ended(pids: list[int], timeout: float) -> bool:
     """Whether every process in `pids` has gone (or is a zombie) within `timeout` seconds."""
     deadline = time.time() + timeout
     while time.time() < deadline:
-        alive = []
-        for pid in pids:
-            try:
-                state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-            except OSError:
-                continue
-            if state != "Z":
-                alive.append(pid)
-        if not alive:
+        if all(state(pid) in (None, "Z") for pid in pids):
             return True
         time.sleep(0.1)
     return False
