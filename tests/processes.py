@@ -39,3 +39,12 @@ def state(pid: int) -> str | None:
     """A process's state letter ("R", "S", "Z", ...; None if it has gone)."""
     fields = _stat(pid)
     return fields[0] if fields else None
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid`: its children, theirs, and so on (parents before children)."""
+    parents = {int(p.name): parent_pid(int(p.name)) for p in Path("/proc").glob("[0-9]*")}
+    found = [pid]
+    for parent in found:
+        found += [child for child, of in parents.items() if of == parent]
+    return found[1:]

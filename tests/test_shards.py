@@ -27,8 +27,9 @@ from dataloaders.sampling import train_frame_indices
 from dataloaders.shard_format import MEMBER_DTYPE, ShardSet, expand_braces, sidecar_path
 from dataloaders.shards import ShardPairDataset, ShardSampler, shard_epoch_order
 from dataloaders.transforms import build_transform
+from tests.processes import descendants
 from tests.test_data_lpr4m import _to_img2dataset
-from tests.test_train_resume import _parent_pid, _weights
+from tests.test_train_resume import _weights
 from tools.index_img2dataset import main as index_main
 from tools.pack_shards import main as pack_main
 
@@ -340,11 +341,6 @@ def _torchrun(records: Path, shards: Path, out: Path) -> list[str]:
             "--no_tensorboard", "--device", "cpu", "--output_dir", str(out), "--resume", "latest"]
 
 
-def _descendants(pid: int) -> list[int]:
-    children = [int(stat.parent.name) for stat in Path("/proc").glob("[0-9]*/stat") if _parent_pid(stat) == pid]
-    return children + [d for child in children for d in _descendants(child)]
-
-
 def _records(folder: Path) -> list[list[list[int]]]:
     return [[list(map(int, line.split())) for line in (folder / f"rank{r}.txt").read_text().splitlines()]
             for r in range(2)]
@@ -370,7 +366,7 @@ def test_training_on_shards_2_ranks_x_2_workers_sigkill_and_resume_is_bit_identi
             and time.time() < deadline:
         time.sleep(0.02)
     # the whole node at once: torchrun, its ranks (each in a session of its own) and their loader workers
-    for pid in [proc.pid, *_descendants(proc.pid)]:
+    for pid in [proc.pid, *descendants(proc.pid)]:
         os.kill(pid, signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, f"the run ended before the kill at step {kill_at}"

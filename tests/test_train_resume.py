@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.processes import parent_pid, state
+from tests.processes import descendants, state
 from utils.train.logs import read_log
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -82,19 +82,11 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(small_data, tmp_path):
     assert steps == list(range(1, STEPS + 1))
 
 
-def _job(pid: int) -> list[int]:
-    """`pid` and every process below it (torchrun puts its workers in sessions of their own, so a
-    process group would not reach them; a scheduler's signal reaches all of a job's processes)."""
-    parents = {int(stat.parent.name): parent_pid(int(stat.parent.name)) for stat in Path("/proc").glob("[0-9]*/stat")}
-    job = [pid]
-    for parent in job:
-        job += [child for child, of in parents.items() if of == parent]
-    return job
-
-
 def _signal_job(pid: int, sig: int) -> list[int]:
-    """Send `sig` to `pid` and every process below it; return them."""
-    job = _job(pid)
+    """Send `sig` to `pid` and every process below it (torchrun puts its workers in sessions of their
+    own, so a process group would not reach them; a scheduler's signal reaches all of a job's
+    processes); return them."""
+    job = [pid, *descendants(pid)]
     for member in job:
         try:
             os.kill(member, sig)
